@@ -1,0 +1,135 @@
+"""Artifact folders: atomic creation, the ``barkit.json`` manifest, fingerprints and the ledger.
+
+Every stage writes one folder. It is built under a hidden temporary name beside its final
+name and renamed into place only when complete, so an interrupted run never leaves a
+half-written artifact under a name that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from barkit.errors import ArtifactError
+
+MANIFEST = "barkit.json"
+LEDGER = "ledger.jsonl"
+WEIGHT_SUFFIXES = (".safetensors",)
+CONTENT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "stitch.json")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``final`` only if the block completes.
+
+    On an exception the temporary folder is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ArtifactError(f"{final}: already exists")
+        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        final.rename(trash)
+        tmp.rename(final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write a file through a temporary sibling and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def content_fingerprint(folder: str | os.PathLike[str]) -> str:
+    """SHA-256 over the weights and the files that define the computation, in name order.
+
+    Two folders with the same fingerprint compute the same function; the manifest itself is
+    excluded so that metrics and wall times do not change the identity of a model.
+    """
+    folder = Path(folder)
+    h = hashlib.sha256()
+    names = sorted(
+        p.name for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) or p.name in CONTENT_FILES
+    )
+    if not names:
+        raise ArtifactError(f"{folder}: no weights to fingerprint")
+    for name in names:
+        h.update(name.encode())
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def config_fingerprint(*parts: Any) -> str:
+    """Fingerprint of a stage's inputs: resolved config plus input fingerprints (JSON-able)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_manifest(folder: str | os.PathLike[str], manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write ``barkit.json``; fills ``fingerprint`` from the folder's content if absent."""
+    folder = Path(folder)
+    manifest = dict(manifest)
+    manifest.setdefault("fingerprint", content_fingerprint(folder))
+    manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    return manifest
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read ``barkit.json`` from an artifact folder (ArtifactError if absent or corrupt)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{folder}: not a barkit artifact (no {MANIFEST})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{path}: corrupt manifest ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path}: corrupt manifest (not an object)")
+    return data
+
+
+def require_model_dir(folder: str | os.PathLike[str]) -> Path:
+    """Check that ``folder`` looks like a HF checkpoint; raise a one-line error otherwise."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such model folder")
+    if not (folder / "config.json").is_file():
+        raise ArtifactError(f"{folder}: not a model folder (no config.json)")
+    if not any(p.name.endswith(".safetensors") for p in folder.iterdir()):
+        raise ArtifactError(f"{folder}: no safetensors weights")
+    return folder
+
+
+def append_ledger(run_dir: str | os.PathLike[str], entry: dict[str, Any]) -> None:
+    """Append one line to ``RUN/ledger.jsonl`` (what ran, tokens, seconds)."""
+    path = Path(run_dir) / LEDGER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

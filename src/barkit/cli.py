@@ -1,0 +1,70 @@
+"""The ``barkit`` command line.
+
+Each command is a module in :mod:`barkit.commands` with a ``main`` function whose typed
+signature is the command's interface (typer derives the help text from it). Modules are found
+by listing the package, so there is no registry to keep in sync; they import only typer and
+the standard library at top level, so ``barkit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import typer
+
+import barkit.commands
+from barkit.errors import BarkitError
+
+EXIT_USER_ERROR = 2
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="barkit",
+        help="Modular post-training: branch experts from a base, adapt them, merge, route, upgrade.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for info in sorted(pkgutil.iter_modules(barkit.commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"barkit.commands.{info.name}")
+        if hasattr(module, "app"):
+            app.add_typer(module.app, name=info.name.replace("_", "-"))
+        else:
+            app.command(name=info.name.replace("_", "-"))(module.main)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning user errors into one line on stderr and status 2."""
+    app = build_app()
+    try:
+        app(args=argv, prog_name="barkit", standalone_mode=False)
+    except BarkitError as e:
+        print(f"barkit: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("barkit: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as e:  # typer's own exits (--help)
+        return int(e.code or 0)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return EXIT_USER_ERROR
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The built-in micro-suite: seven categories after BAR's evaluation categories."""
+
+from __future__ import annotations
+
+import importlib
+
+from barkit.errors import BarkitError
+from barkit.suite.base import (
+    ANSWER_MARKER,
+    CATEGORIES,
+    DOMAINS,
+    GENERAL,
+    REFUSAL,
+    Category,
+    Item,
+    Split,
+)
+
+# category name -> module under barkit.suite that defines ``CATEGORY``
+_MODULES = {
+    "knowledge": "knowledge",
+    "reasoning": "reasoning",
+    "chat": "chat",
+    "math": "math",
+    "code": "code",
+    "tool_use": "tools",
+    "safety": "safety",
+}
+
+
+def get_category(name: str) -> Category:
+    """The category object for ``name`` (BarkitError naming the known ones otherwise)."""
+    if name not in _MODULES:
+        raise BarkitError(f"unknown category {name!r}; known: {', '.join(CATEGORIES)}")
+    module = importlib.import_module(f"barkit.suite.{_MODULES[name]}")
+    category: Category = module.CATEGORY
+    return category
+
+
+__all__ = [
+    "ANSWER_MARKER",
+    "CATEGORIES",
+    "DOMAINS",
+    "GENERAL",
+    "REFUSAL",
+    "Category",
+    "Item",
+    "Split",
+    "get_category",
+]
