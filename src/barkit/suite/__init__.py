@@ -37,7 +37,15 @@ def get_category(name: str) -> Category:
     return category
 
 
+def draw_items(name: str, split: Split, n: int, seed: int = 0) -> list[Item]:
+    """Up to ``n`` items of a category: all of them when it holds fewer (knowledge, safety)."""
+    category = get_category(name)
+    cap = category.capacity(split)
+    return category.items(split, n if cap is None else min(n, cap), seed)
+
+
 __all__ = [
+    "draw_items",
     "ANSWER_MARKER",
     "CATEGORIES",
     "DOMAINS",

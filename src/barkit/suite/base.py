@@ -66,6 +66,10 @@ class Category(ABC):
     def items(self, split: Split, n: int, seed: int = 0) -> list[Item]:
         """``n`` items of ``split``; the same (split, n, seed) always gives the same items."""
 
+    def capacity(self, split: Split) -> int | None:
+        """How many distinct items ``split`` holds; None when practically unbounded."""
+        return None
+
     def text(self, n: int, seed: int = 0) -> list[str]:
         """``n`` raw domain documents for mid-training (train-side templates only)."""
         return []

@@ -1,0 +1,27 @@
+"""barkit route MERGED: router-only training on a stratified sample of the experts' SFT data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    merged: Annotated[Path, typer.Argument(help="merged model folder (barkit merge)")],
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    sample: Annotated[float, typer.Option("--sample", help="share of each category's SFT pool")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    preset: Annotated[str, typer.Option("--preset", help="micro|tiny|small: step counts")] = "tiny",
+    steps: Annotated[int | None, typer.Option("--steps", help="override the preset's step count")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run")] = False,
+) -> None:
+    """Train only the router; every other tensor stays bit-identical. Writes routing.png."""
+    from barkit.errors import ConfigError
+    from barkit.route import route
+
+    if not 0.0 < sample <= 1.0:
+        raise ConfigError(f"--sample {sample}: must be in (0, 1]")
+    manifest = route(merged, out, sample=sample, seed=seed, preset=preset, steps=steps, resume=resume)
+    print(f"routed model: {out} (fingerprint {manifest['fingerprint']}); heatmap: {out}/routing.png")

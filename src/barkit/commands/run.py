@@ -1,0 +1,33 @@
+"""barkit run RECIPE.yaml: build a recipe's pipeline, skipping up-to-date steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    recipe: Annotated[Path, typer.Argument(help="recipe YAML file")],
+    out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/recipe"),
+    only: Annotated[str | None, typer.Option("--only", help="build one expert alone: experts.NAME")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="skip the evaluation and report")] = False,
+) -> None:
+    """Build the whole pipeline of a recipe (stages whose inputs and config are unchanged are skipped)."""
+    from barkit.pipeline import run_recipe
+    from barkit.recipe import load_recipe
+
+    result = run_recipe(load_recipe(recipe), out, only=only, evaluate=not no_eval)
+    _print_result(result)
+
+
+def _print_result(result: object) -> None:
+    from barkit.evaluate import format_table
+
+    scores = getattr(result, "scores", {})
+    if scores:
+        print(format_table(scores))
+    steps = getattr(result, "steps", [])
+    ran = sum(1 for s in steps if s.ran)
+    print(f"{ran} step(s) ran, {len(steps) - ran} up to date; ledger: {getattr(result, 'out')}/ledger.jsonl")

@@ -1,0 +1,254 @@
+"""``barkit run``: build a recipe's whole pipeline, skipping what is already built.
+
+Every step writes one artifact folder under the run folder (DESIGN.md's layout). A step is
+identified by a key: the fingerprint of its resolved configuration and of its inputs'
+content fingerprints. A step whose folder already carries the same key is skipped, so
+changing one expert's data or stages rebuilds only that expert, the merge and the router,
+and an interrupted run resumes where it stopped. Each executed or skipped step appends a
+line to ``ledger.jsonl`` (tokens processed and seconds).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from barkit.artifacts import (
+    MANIFEST,
+    append_ledger,
+    atomic_write_text,
+    config_fingerprint,
+    read_manifest,
+)
+from barkit.errors import ConfigError
+from barkit.recipe import ExpertSpec, Recipe, StageSpec
+
+Log = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class StepOutcome:
+    name: str
+    path: Path
+    fingerprint: str
+    ran: bool
+    tokens: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class RunResult:
+    out: Path
+    base: Path
+    experts: dict[str, Path] = field(default_factory=dict)
+    merged: Path | None = None
+    routed: Path | None = None
+    steps: list[StepOutcome] = field(default_factory=list)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class Runner:
+    """Runs steps under ``out`` with fingerprint-based skipping and a ledger."""
+
+    def __init__(self, out: Path, recipe: Recipe, log: Log = _print) -> None:
+        self.out, self.recipe, self.log = out, recipe, log
+        self.outcomes: list[StepOutcome] = []
+
+    def step(self, name: str, rel: str, config: Any, inputs: list[Path], build: Callable[[Path], Any]) -> Path:
+        """Build ``out/rel`` with ``build(path)`` unless it already holds this key."""
+        path = self.out / rel
+        key = config_fingerprint(config, [read_manifest(p).get("fingerprint") for p in inputs])
+        manifest = _manifest_or_none(path)
+        if manifest is not None and manifest.get("recipe_key") == key:
+            self.log(f"[skip] {name}: up to date ({path})")
+            outcome = StepOutcome(name, path, str(manifest.get("fingerprint")), ran=False)
+        else:
+            self.log(f"[run ] {name} -> {path}")
+            start = time.perf_counter()
+            build(path)
+            seconds = time.perf_counter() - start
+            manifest = read_manifest(path)
+            manifest["recipe_key"] = key
+            atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            tokens = int(manifest.get("tokens", 0) or 0)
+            outcome = StepOutcome(name, path, str(manifest.get("fingerprint")), True, tokens, seconds)
+        append_ledger(
+            self.out,
+            {
+                "step": name,
+                "path": rel,
+                "ran": outcome.ran,
+                "key": key,
+                "fingerprint": outcome.fingerprint,
+                "tokens": outcome.tokens,
+                "seconds": round(outcome.seconds, 3),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+        self.outcomes.append(outcome)
+        return path
+
+
+def _manifest_or_none(path: Path) -> dict[str, Any] | None:
+    if not (path / MANIFEST).is_file():
+        return None
+    try:
+        return read_manifest(path)
+    except Exception:
+        return None
+
+
+def _stage_overrides(spec: StageSpec) -> dict[str, Any]:
+    overrides = dict(spec.overrides)
+    if spec.general_mix is not None:
+        overrides["general_mix"] = spec.general_mix
+    if spec.trainable is not None:
+        overrides["trainable"] = list(spec.trainable)
+    if spec.add_special_tokens:
+        overrides["add_special_tokens"] = list(spec.add_special_tokens)
+    return overrides
+
+
+def build_base(runner: Runner) -> Path:
+    recipe = runner.recipe
+    if recipe.base.path is not None:
+        path = Path(recipe.base.path)
+        read_manifest(path)  # an external base must carry barkit.json (run `barkit branch` to see why)
+        return path
+    from barkit.base import train_base
+
+    cfg = {"arch": recipe.base.arch, "preset": recipe.preset, "steps": recipe.base.steps, "seed": recipe.seed}
+    return runner.step(
+        "base",
+        "base",
+        cfg,
+        [],
+        lambda p: train_base(p, arch=recipe.base.arch, preset=recipe.preset, steps=recipe.base.steps, seed=recipe.seed),
+    )
+
+
+def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Path:
+    """Branch from the base, then each stage in order; returns the last stage's folder."""
+    from barkit.branch import branch
+    from barkit.train.stages import run_domain_stage
+
+    recipe = runner.recipe
+    cfg = {"router_init": recipe.router_init, "domain": spec.domain, "seed": recipe.seed}
+    current = runner.step(
+        f"experts.{name}.branch",
+        f"experts/{name}/branch",
+        cfg,
+        [base],
+        lambda p: branch(base, p, router_init=recipe.router_init, domain=spec.domain, seed=recipe.seed),
+    )
+    for stage in spec.stages:
+        overrides = _stage_overrides(stage)
+        stage_cfg = {
+            "kind": stage.kind,
+            "domain": spec.domain,
+            "preset": recipe.preset,
+            "steps": stage.steps,
+            "seed": recipe.seed,
+            "overrides": overrides,
+        }
+        previous = current
+
+        def build(p: Path, stage: StageSpec = stage, previous: Path = previous, overrides: dict[str, Any] = overrides) -> Any:
+            return run_domain_stage(
+                previous,
+                stage=stage.kind,
+                domain=spec.domain,
+                out_dir=p,
+                preset=recipe.preset,
+                steps=stage.steps,
+                seed=recipe.seed,
+                overrides=overrides,
+                resume=True,
+            )
+
+        current = runner.step(f"experts.{name}.{stage.kind}", f"experts/{name}/{stage.kind}", stage_cfg, [previous], build)
+    return current
+
+
+def build_merge(runner: Runner, experts: dict[str, Path]) -> Path:
+    from barkit.merge import merge
+
+    spec = runner.recipe.merge
+    cfg = spec.model_dump(mode="json")
+    dirs = list(experts.values())
+    return runner.step(
+        "merge",
+        "merged",
+        cfg,
+        dirs,
+        lambda p: merge(
+            dirs, p, shared=spec.shared, weights=spec.weights, overrides=dict(spec.overrides), top_k=spec.top_k
+        ),
+    )
+
+
+def build_route(runner: Runner, merged: Path) -> Path:
+    from barkit.route import route
+
+    recipe = runner.recipe
+    cfg = {"sample": recipe.route.sample, "steps": recipe.route.steps, "preset": recipe.preset, "seed": recipe.seed}
+    return runner.step(
+        "route",
+        "routed",
+        cfg,
+        [merged],
+        lambda p: route(merged, p, sample=recipe.route.sample, seed=recipe.seed, preset=recipe.preset, steps=recipe.route.steps, resume=True),
+    )
+
+
+def run_recipe(
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    only: str | None = None,
+    evaluate: bool = True,
+    log: Log = _print,
+) -> RunResult:
+    """Build ``recipe`` under ``out``. ``only="experts.NAME"`` builds that expert's pipeline alone."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.yaml", _recipe_yaml(recipe))
+    runner = Runner(out, recipe, log)
+    selected = _select(recipe, only)
+    base = build_base(runner)
+    result = RunResult(out=out, base=base)
+    for name in selected:
+        result.experts[name] = build_expert(runner, name, recipe.experts[name], base)
+    if only is None:
+        result.merged = build_merge(runner, result.experts)
+        result.routed = build_route(runner, result.merged)
+        if evaluate:
+            from barkit.report import evaluate_run
+
+            result.scores = evaluate_run(runner, result)
+    result.steps = runner.outcomes
+    return result
+
+
+def _select(recipe: Recipe, only: str | None) -> list[str]:
+    if only is None:
+        return list(recipe.experts)
+    prefix, _, name = only.partition(".")
+    if prefix != "experts" or name not in recipe.experts:
+        known = ", ".join(f"experts.{n}" for n in recipe.experts)
+        raise ConfigError(f"--only {only!r}: expected one of {known}")
+    return [name]
+
+
+def _recipe_yaml(recipe: Recipe) -> str:
+    from barkit.recipe import to_yaml
+
+    return to_yaml(recipe)

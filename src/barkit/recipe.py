@@ -1,0 +1,152 @@
+"""Recipes: the declarative description of a whole BAR pipeline, validated by pydantic.
+
+A recipe names the base, each expert's domain and stages (with per-stage overrides of the
+stage defaults), the merge policy, the router stage and the evaluation. Validation happens at
+load time; an error names the field and the file.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from barkit.errors import ConfigError
+
+StageName = Literal["midtrain", "sft", "rlvr"]
+Preset = Literal["micro", "tiny", "small"]
+SharedPolicy = Literal["mean", "weighted", "anchor"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BaseSpec(_Strict):
+    """The dense base: trained by barkit (``arch``) or an existing HF folder (``path``)."""
+
+    path: str | None = Field(None, description="existing dense HF checkpoint; if unset barkit trains one")
+    arch: Literal["olmo2", "llama"] = Field("olmo2", description="architecture of the embedded base")
+    steps: int | None = Field(None, ge=1, description="override the preset's step count")
+
+
+class StageSpec(_Strict):
+    """One stage of an expert's pipeline; ``overrides`` are StageConfig fields (lr, steps, ...)."""
+
+    kind: StageName
+    steps: int | None = Field(None, ge=1)
+    general_mix: float | None = Field(None, ge=0.0, le=1.0, description="share of general data")
+    trainable: list[str] | None = Field(None, description="groups or globs; default: BAR's schedule")
+    add_special_tokens: list[str] = Field(default_factory=list)
+    overrides: dict[str, Any] = Field(default_factory=dict, description="further StageConfig fields")
+
+
+class ExpertSpec(_Strict):
+    """An expert: a domain of the micro-suite and its ordered stages."""
+
+    domain: str
+    stages: list[StageSpec] = Field(min_length=1)
+    version: str = Field("v1", description="free label; changing it rebuilds nothing by itself")
+
+    @field_validator("domain")
+    @classmethod
+    def _known_domain(cls, v: str) -> str:
+        from barkit.suite import CATEGORIES
+
+        if v not in CATEGORIES:
+            raise ValueError(f"unknown domain {v!r}; known: {', '.join(CATEGORIES)}")
+        return v
+
+    @field_validator("stages")
+    @classmethod
+    def _ordered(cls, v: list[StageSpec]) -> list[StageSpec]:
+        order = {"midtrain": 0, "sft": 1, "rlvr": 2}
+        kinds = [s.kind for s in v]
+        if len(set(kinds)) != len(kinds) or kinds != sorted(kinds, key=order.__getitem__):
+            raise ValueError(f"stages must be distinct and in the order midtrain, sft, rlvr; got {kinds}")
+        return v
+
+
+class MergeSpec(_Strict):
+    top_k: int | None = Field(None, ge=1, description="experts per token; default: all")
+    shared: SharedPolicy = "mean"
+    weights: list[float] | None = None
+    overrides: dict[str, SharedPolicy] = Field(default_factory=dict, description="glob -> policy")
+
+
+class RouteSpec(_Strict):
+    sample: float = Field(0.05, gt=0.0, le=1.0, description="stratified share of all experts' SFT data")
+    steps: int | None = Field(None, ge=1)
+
+
+class EvalSpec(_Strict):
+    limit: int = Field(100, ge=1, description="test items per category")
+    categories: list[str] | None = None
+
+
+class Recipe(_Strict):
+    """A whole pipeline: base -> experts (branch + stages) -> merge -> route -> eval."""
+
+    name: str = "bar"
+    preset: Preset = "tiny"
+    seed: int = 0
+    base: BaseSpec = Field(default_factory=BaseSpec)
+    router_init: Literal["equal", "domain", "random"] = "equal"
+    experts: dict[str, ExpertSpec] = Field(min_length=1)
+    merge: MergeSpec = Field(default_factory=MergeSpec)
+    route: RouteSpec = Field(default_factory=RouteSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+
+    @model_validator(mode="after")
+    def _names(self) -> Recipe:
+        for name in self.experts:
+            if name == "anchor" or not name.replace("_", "").isalnum():
+                raise ValueError(f"experts.{name}: expert names are identifiers other than 'anchor'")
+        return self
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_recipe(data: Any, source: str) -> Recipe:
+    """Validate a recipe dict; ConfigError names the first bad field and the source."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a recipe is a mapping at the top level")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"{source}: {_field_path(err['loc'])}: {err['msg']}") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Load and validate a YAML recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such recipe file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return parse_recipe(data, str(path))
+
+
+def builtin_recipe(name: str = "default") -> Recipe:
+    """A recipe shipped with barkit (``barkit/recipes/NAME.yaml``)."""
+    text = resources.files("barkit.recipes").joinpath(f"{name}.yaml").read_text()
+    return parse_recipe(yaml.safe_load(text), f"barkit/recipes/{name}.yaml")
+
+
+def to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+def quick_variant(recipe: Recipe) -> Recipe:
+    """The same recipe at micro size with a short evaluation (``--quick``: tests, smoke runs)."""
+    return recipe.model_copy(
+        update={"preset": "micro", "eval": EvalSpec(limit=8, categories=recipe.eval.categories)}
+    )

@@ -1,0 +1,177 @@
+"""Evaluation of a run's models and the run's report (``report.md``, plots, raw JSON).
+
+Evaluations are cached like pipeline steps: ``OUT/eval/<label>.json`` records the model's
+fingerprint and the evaluation settings, and is reused while both are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from barkit.artifacts import append_ledger, atomic_write_text, read_manifest
+from barkit.suite import CATEGORIES
+
+if TYPE_CHECKING:
+    from barkit.pipeline import RunResult, Runner
+
+Scores = dict[str, float]
+
+
+def eval_cached(
+    model_dir: Path, out_file: Path, *, categories: Sequence[str], limit: int, seed: int = 0
+) -> dict[str, Any]:
+    """Evaluate ``model_dir`` into ``out_file`` unless a matching result is already there."""
+    fingerprint = read_manifest(model_dir).get("fingerprint")
+    settings = {"categories": list(categories), "limit": limit, "seed": seed}
+    if out_file.is_file():
+        try:
+            cached = json.loads(out_file.read_text())
+        except json.JSONDecodeError:
+            cached = {}
+        if cached.get("model_fingerprint") == fingerprint and cached.get("settings") == settings:
+            return dict(cached)
+    from barkit.evaluate import evaluate
+    from barkit.modeling import load_model
+
+    start = time.perf_counter()
+    model, tokenizer = load_model(model_dir)
+    result = evaluate(model, tokenizer, categories=list(categories), limit=limit, seed=seed).to_dict()
+    result.update(
+        model=str(model_dir),
+        model_fingerprint=fingerprint,
+        settings=settings,
+        wall_time_s=round(time.perf_counter() - start, 3),
+    )
+    atomic_write_text(out_file, json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def evaluate_run(runner: Runner, result: RunResult) -> dict[str, Scores]:
+    """Evaluate the base, each expert, the merged and the routed model; write the report."""
+    recipe = runner.recipe
+    categories = recipe.eval.categories or list(CATEGORIES)
+    models: dict[str, Path] = {"base": result.base}
+    models.update({f"expert:{name}": path for name, path in result.experts.items()})
+    if result.merged is not None:
+        models["merged (no routing)"] = result.merged
+    if result.routed is not None:
+        models["BAR (routed)"] = result.routed
+    table: dict[str, Scores] = {}
+    for label, path in models.items():
+        file = runner.out / "eval" / f"{_slug(label)}.json"
+        start = time.perf_counter()
+        data = eval_cached(path, file, categories=categories, limit=recipe.eval.limit, seed=recipe.seed)
+        table[label] = {**data["scores"], "overall": data["overall"]}
+        append_ledger(runner.out, {"step": f"eval.{_slug(label)}", "seconds": round(time.perf_counter() - start, 3), "tokens": 0, "ran": True})
+    write_report(runner.out, table, result, title=f"barkit run: {recipe.name}")
+    return table
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
+
+
+def markdown_table(table: Mapping[str, Scores], columns: Sequence[str]) -> str:
+    head = "| model | " + " | ".join(columns) + " |"
+    rule = "|---|" + "---:|" * len(columns)
+    rows = [
+        f"| {label} | " + " | ".join(_fmt(scores.get(c)) for c in columns) + " |" for label, scores in table.items()
+    ]
+    return "\n".join([head, rule, *rows])
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f}"
+
+
+def plot_scores(table: Mapping[str, Scores], columns: Sequence[str], path: Path) -> None:
+    """Grouped bars: one group per category, one bar per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(table)
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(columns)), 4.2))
+    for i, label in enumerate(labels):
+        xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(columns))]
+        ax.bar(xs, [table[label].get(c, 0.0) for c in columns], width, label=label)
+    ax.set_xticks(range(len(columns)), labels=list(columns))
+    ax.set_ylabel("score (0-100)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Micro-suite scores per category")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_rewards(curves: Mapping[str, Sequence[float]], path: Path) -> None:
+    """RL reward per step, one line per expert."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, label=name)
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("mean reward")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("RLVR reward")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def reward_curves(out: Path) -> dict[str, list[float]]:
+    """Reward curves of every expert's rlvr stage in a run folder (from its metrics.jsonl)."""
+    curves: dict[str, list[float]] = {}
+    for metrics in sorted(out.glob("experts/*/rlvr/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        values = [float(r["reward_mean"]) for r in rows if "reward_mean" in r]
+        if values:
+            curves[metrics.parent.parent.name] = values
+    return curves
+
+
+def ledger_summary(out: Path) -> list[dict[str, Any]]:
+    path = out / "ledger.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_report(out: Path, table: Mapping[str, Scores], result: RunResult, *, title: str) -> Path:
+    """``report.md`` with the score table, the ledger's cost lines and the plots."""
+    columns = [c for c in CATEGORIES if any(c in s for s in table.values())] + ["overall"]
+    plots = out / "plots"
+    plot_scores(table, columns, plots / "scores.png")
+    lines = [f"# {title}", "", "Scores (0-100) on the micro-suite's test split.", "", markdown_table(table, columns), ""]
+    lines += ["![scores per category](plots/scores.png)", ""]
+    if result.routed is not None and (result.routed / "routing.png").is_file():
+        shutil.copy(result.routed / "routing.png", plots / "routing.png")
+        lines += ["## Routing", "", "Share of each category's tokens sent to each expert after router training.", ""]
+        lines += ["![routing heatmap](plots/routing.png)", ""]
+    curves = reward_curves(out)
+    if curves:
+        plot_rewards(curves, plots / "rewards.png")
+        lines += ["## RLVR reward", "", "![reward curves](plots/rewards.png)", ""]
+    ran = [e for e in ledger_summary(out) if e.get("ran") and not str(e.get("step", "")).startswith("eval.")]
+    if ran:
+        lines += ["## What ran (ledger)", "", "| step | tokens | seconds |", "|---|---:|---:|"]
+        lines += [f"| {e['step']} | {e.get('tokens', 0):,} | {e.get('seconds', 0):.1f} |" for e in ran]
+        lines.append("")
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,168 @@
+"""Route: train only the router of a merged model on a stratified sample of SFT data.
+
+The sample is drawn from the union of the experts' SFT data plus the general categories,
+each category keeping its share (stratified), as BAR found 5% of the SFT data enough. Every
+tensor other than the routers stays bit-identical (the training loop's trainable selection
+guarantees it; tests check it). Afterwards the share of each domain's tokens sent to each
+expert is measured, saved and drawn as a heatmap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from barkit.artifacts import atomic_write_text, config_fingerprint, read_manifest
+from barkit.errors import ArtifactError
+from barkit.suite import GENERAL, draw_items
+
+Conversation = list[dict[str, str]]
+
+# SFT pool per category and preset: the data an expert's SFT stage draws from. The router
+# sample is ``fraction`` of each pool.
+SFT_POOL = {"micro": 200, "tiny": 2000, "small": 6000}
+
+
+def sft_pool_size(preset: str) -> int:
+    return SFT_POOL.get(preset, SFT_POOL["tiny"])
+
+
+def stratified_sample(
+    categories: Sequence[str], fraction: float, seed: int, pool: int
+) -> dict[str, list[Conversation]]:
+    """``fraction`` of each category's SFT pool (at least one conversation per category)."""
+    per_category = max(1, round(pool * fraction))
+    sample: dict[str, list[Conversation]] = {}
+    for name in categories:
+        items = draw_items(name, "train", pool, seed)
+        rng = torch.Generator().manual_seed(seed)
+        picks = torch.randperm(len(items), generator=rng)[:per_category].tolist()
+        sample[name] = [items[i].messages() for i in sorted(picks)]
+    return sample
+
+
+def expert_domains(manifest: dict[str, Any]) -> list[str]:
+    """The merged model's expert names after the anchor (they are the domains)."""
+    experts = manifest.get("experts")
+    if not isinstance(experts, list) or len(experts) < 2 or experts[0] != "anchor":
+        raise ArtifactError("not a merged barkit model (barkit.json lists no experts after the anchor)")
+    return [str(e) for e in experts[1:]]
+
+
+def routed_categories(domains: Sequence[str]) -> list[str]:
+    """Domains first, then the general categories not already among them."""
+    return list(dict.fromkeys([*domains, *GENERAL]))
+
+
+@torch.no_grad()
+def routing_fractions(
+    model: Any, tokenizer: Any, sample: dict[str, list[Conversation]], seq_len: int = 256
+) -> dict[str, list[float]]:
+    """Per category: the share of its tokens' top-k assignments that go to each expert."""
+    from barkit.tokenizer import encode_conversation
+    from barkit.train.objectives import moe_shape, router_stats
+
+    shape = moe_shape(model.config)
+    if shape is None:
+        raise ArtifactError("routing fractions need an MoE model")
+    model.eval()
+    result: dict[str, list[float]] = {}
+    for name, convs in sample.items():
+        total = torch.zeros(shape[0])
+        for conv in convs:
+            ids, _ = encode_conversation(tokenizer, conv, seq_len)
+            out = model(input_ids=torch.tensor([ids]), output_router_logits=True, use_cache=False)
+            total += router_stats(out.router_logits, *shape, None)[1] * len(ids)
+        result[name] = (total / total.sum().clamp_min(1e-12)).tolist()
+    return result
+
+
+def plot_routing(fractions: dict[str, list[float]], experts: Sequence[str], path: str | os.PathLike[str]) -> None:
+    """Heatmap (category x expert) of routing fractions, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(fractions)
+    data = [fractions[r] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(experts), 0.8 + 0.5 * len(rows)))
+    im = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(experts)), labels=list(experts), rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), labels=rows)
+    for i, row in enumerate(data):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+    ax.set_xlabel("expert")
+    ax.set_ylabel("category of the tokens")
+    ax.set_title("Share of tokens routed to each expert")
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def route(
+    merged_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    sample: float = 0.05,
+    seed: int = 0,
+    preset: str = "tiny",
+    steps: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Router-only training of a merged model; writes the routed model, fractions and heatmap."""
+    from barkit.modeling import load_model, save_model
+    from barkit.train.config import default_stage
+    from barkit.train.loop import run_stage
+    from barkit.train.objectives import SFTObjective
+
+    merged_dir, out = Path(merged_dir), Path(out_dir)
+    manifest = read_manifest(merged_dir)
+    domains = expert_domains(manifest)
+    model, tokenizer = load_model(merged_dir)
+    categories = routed_categories(domains)
+    data = stratified_sample(categories, sample, seed, sft_pool_size(preset))
+    cfg = default_stage("router", preset, steps=steps, seed=seed, general_mix=0.0)
+    conversations = [c for convs in data.values() for c in convs]
+    objective = SFTObjective.from_conversations(tokenizer, cfg, conversations)
+    work = out.parent / f".{out.name}.work"
+    result = run_stage(model, tokenizer, cfg, objective, work, resume=resume, progress=progress)
+    eval_sample = stratified_sample(categories, min(sample, 0.02), seed + 1, sft_pool_size(preset))
+    fractions = routing_fractions(result.model, tokenizer, eval_sample, cfg.seq_len)
+    resolved = {"sample": sample, "seed": seed, "preset": preset, "stage": cfg.model_dump(mode="json")}
+    routed = save_model(
+        result.model,  # type: ignore[arg-type]
+        tokenizer,
+        out,
+        {
+            "stage": "route",
+            "experts": manifest["experts"],
+            "base_fingerprint": manifest.get("base_fingerprint"),
+            "inputs": [{"path": str(merged_dir), "fingerprint": manifest.get("fingerprint")}],
+            "config": resolved,
+            "config_fingerprint": config_fingerprint(resolved, manifest.get("fingerprint")),
+            "sample_sizes": {k: len(v) for k, v in data.items()},
+            "tokens": result.tokens,
+            "wall_time_s": round(result.seconds, 3),
+            "metrics": result.summary,
+            "routing_fractions": fractions,
+            "merge_inputs": manifest.get("merge_inputs", manifest.get("inputs", [])),
+            "merge_config": manifest.get("merge_config", manifest.get("config", {})),
+        },
+    )
+    atomic_write_text(out / "routing.json", json.dumps({"experts": manifest["experts"], "fractions": fractions}, indent=2))
+    plot_routing(fractions, manifest["experts"], out / "routing.png")
+    shutil.copy(work / "metrics.jsonl", out / "metrics.jsonl")
+    shutil.rmtree(work, ignore_errors=True)
+    return routed

@@ -1,0 +1,191 @@
+"""barkit's tokenizer: a Llama-2-style byte-fallback BPE trained locally on the micro-suite.
+
+Layout of the vocabulary (fixed, so that every model built from a base agrees on it):
+
+* ids 0..6: ``<unk> <s> </s> <pad> <|system|> <|user|> <|assistant|>`` (added special tokens);
+* ids 7..262: the byte tokens ``<0x00>`` .. ``<0xFF>``, ordinary BPE vocabulary entries, so that any
+  character the merges do not cover falls back to its UTF-8 bytes (``byte_fallback=True``);
+* the rest: characters and merges learned from the suite's train-split text.
+
+Pre-tokenisation isolates newlines, splits digits one by one (arithmetic sees every digit) and
+turns spaces into the metaspace ``▁``. Nothing is prepended to a text: the Llama-2 habit of
+prepending ``▁`` and stripping it again on decode loses a real leading space whenever the text
+already starts with one, so decode(encode(s)) == s holds here for every string that does not
+itself contain ``▁`` (U+2581, the one character the metaspace scheme cannot tell from a space).
+
+Tool-call markers (``<tool_call>``) are deliberately absent: the tool-use expert adds them with
+``tokenizer.add_special_tokens`` and learns their embeddings during its own SFT.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from barkit.errors import BarkitError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
+ROLES = ("system", "user", "assistant")
+SPECIAL_TOKENS = (UNK, BOS, EOS, PAD) + tuple(f"<|{role}|>" for role in ROLES)
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
+METASPACE = "\u2581"
+# Characters kept as single tokens before merging; rarer ones are spelled with byte tokens.
+ALPHABET_LIMIT = 160
+
+# Each turn is "<|role|>\n{content}</s>\n"; assistant content and its </s> are the SFT loss
+# positions, marked with {% generation %} so that HF's assistant-mask machinery sees them too.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown chat role: ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['role'] == 'assistant' %}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% else %}"
+    "{{ message['content'] + eos_token }}"
+    "{% endif %}"
+    "{{ '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def suite_corpus(seed: int = 0, per_category: int = 2000) -> list[str]:
+    """Train-split text of all seven categories: prompts, answers and raw mid-training text."""
+    from barkit.suite import CATEGORIES, get_category
+
+    texts: list[str] = []
+    for name in CATEGORIES:
+        category = get_category(name)
+        for item in category.items("train", per_category, seed):
+            texts.extend((item.prompt, item.answer))
+        texts.extend(category.text(per_category, seed))
+    return texts
+
+
+def _pipeline(model: Any) -> Any:
+    """A ``tokenizers.Tokenizer`` around ``model`` with barkit's pre-tokenizer and decoder."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", "isolated"),
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.Metaspace(METASPACE, prepend_scheme="never", split=True),
+        ]
+    )
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace(METASPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return tok
+
+
+def _learn_bpe(texts: Iterable[str], vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges learned from ``texts``, with specials and byte tokens first."""
+    from tokenizers import models, trainers
+
+    reserved = list(SPECIAL_TOKENS) + list(BYTE_TOKENS)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=reserved,
+        limit_alphabet=ALPHABET_LIMIT,
+        show_progress=False,
+    )
+    tok = _pipeline(models.BPE(unk_token=UNK, byte_fallback=True, fuse_unk=True))
+    tok.train_from_iterator(texts, trainer=trainer)
+    state = json.loads(tok.to_str())["model"]
+    vocab: dict[str, int] = state["vocab"]
+    if any(vocab.get(t) != i for i, t in enumerate(reserved)):
+        raise BarkitError("tokenizer training did not place special and byte tokens first")
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in state["merges"]]
+    return vocab, merges  # type: ignore[return-value]
+
+
+def build_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> PreTrainedTokenizerFast:
+    """Wrap a learned BPE in a ``PreTrainedTokenizerFast`` with barkit's specials and template."""
+    from tokenizers import AddedToken, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _pipeline(models.BPE(vocab=vocab, merges=merges, unk_token=UNK, byte_fallback=True, fuse_unk=True))
+    # Only the seven specials are added tokens; byte tokens stay plain vocabulary entries, as in
+    # Llama-2, so that decoding them goes through ByteFallback.
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        extra_special_tokens=[f"<|{role}|>" for role in ROLES],
+        clean_up_tokenization_spaces=False,
+        padding_side="left",
+        model_max_length=1 << 20,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def train_tokenizer(
+    vocab_size: int,
+    seed: int = 0,
+    *,
+    texts: Sequence[str] | None = None,
+    per_category: int = 2000,
+) -> PreTrainedTokenizerFast:
+    """Train barkit's tokenizer on the suite's train text (or ``texts``); deterministic per seed.
+
+    ``seed`` picks the suite sample; the BPE trainer itself is deterministic.
+    """
+    minimum = len(SPECIAL_TOKENS) + len(BYTE_TOKENS) + 1
+    if vocab_size < minimum:
+        raise BarkitError(f"vocab_size {vocab_size} too small (at least {minimum})")
+    corpus = list(texts) if texts is not None else suite_corpus(seed, per_category)
+    if not corpus:
+        raise BarkitError("no text to train the tokenizer on")
+    vocab, merges = _learn_bpe(corpus, vocab_size)
+    return build_tokenizer(vocab, merges)
+
+
+def _role_header(role: str) -> str:
+    if role not in ROLES:
+        raise BarkitError(f"unknown chat role {role!r}; expected one of {', '.join(ROLES)}")
+    return f"<|{role}|>\n"
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def encode_conversation(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]], max_len: int
+) -> tuple[list[int], list[int]]:
+    """Token ids of a chat and the SFT loss mask (1 on assistant content and its closing ``</s>``).
+
+    Pieces are encoded one by one; since newlines and special tokens never merge with their
+    neighbours, the ids equal those of the rendered chat template, and the mask is exact.
+    """
+    eos = tokenizer.eos_token_id
+    newline = _encode(tokenizer, "\n")
+    ids: list[int] = [tokenizer.bos_token_id]
+    mask: list[int] = [0]
+    for message in messages:
+        header = _encode(tokenizer, _role_header(message["role"]))
+        body = _encode(tokenizer, message["content"]) + [eos]
+        loss = 1 if message["role"] == "assistant" else 0
+        ids += header + body + newline
+        mask += [0] * len(header) + [loss] * len(body) + [0] * len(newline)
+    return ids[:max_len], mask[:max_len]
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict[str, str]]) -> list[int]:
+    """The generation prompt: the chat so far followed by ``<|assistant|>\\n``."""
+    ids, _ = encode_conversation(tokenizer, messages, max_len=1 << 30)
+    return ids + _encode(tokenizer, _role_header("assistant"))

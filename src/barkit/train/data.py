@@ -1,0 +1,160 @@
+"""Training data: mixing domain with general data, packing into fixed-length rows, sampling.
+
+Everything here is a pure function of its inputs and a seed, so a stage's batch at step ``k``
+is the same in every run (which is what makes resuming bit-exact and data-parallel runs match
+a single process).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from barkit.errors import BarkitError
+
+T = TypeVar("T")
+#: token ids and a same-length 0/1 mask of the positions whose next-token prediction is trained
+Example = tuple[list[int], list[int]]
+
+
+def mix_general(domain: Sequence[T], general: Sequence[T], general_mix: float, seed: int) -> list[T]:
+    """Domain items plus general items so that a share ``general_mix`` of the result is general.
+
+    General items are drawn (cycled in a seeded order) to the needed count; the result is
+    shuffled with the same seed. ``general_mix == 1`` means general data only.
+    """
+    if not 0.0 <= general_mix <= 1.0:
+        raise BarkitError(f"general_mix must be in [0, 1], got {general_mix}")
+    rng = random.Random(seed)
+    if general_mix >= 1.0 or not domain:
+        out = list(general)
+    else:
+        want = round(len(domain) * general_mix / (1.0 - general_mix))
+        if want and not general:
+            raise BarkitError(f"general_mix={general_mix} but no general data was given")
+        order = list(range(len(general)))
+        rng.shuffle(order)
+        out = list(domain) + [general[order[i % len(order)]] for i in range(want)]
+    if not out:
+        raise BarkitError("no training data: both domain and general data are empty")
+    rng.shuffle(out)
+    return out
+
+
+@dataclass
+class PackedData:
+    """Fixed-length rows: ``input_ids``, ``loss_mask`` (1 where the next token is trained on,
+    aligned with the *target* position) and ``attention_mask`` (0 on right padding)."""
+
+    input_ids: torch.Tensor
+    loss_mask: torch.Tensor
+    attention_mask: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def rows(self, index: list[int]) -> dict[str, torch.Tensor]:
+        idx = torch.tensor(index, dtype=torch.long)
+        return {
+            "input_ids": self.input_ids[idx],
+            "loss_mask": self.loss_mask[idx],
+            "attention_mask": self.attention_mask[idx],
+        }
+
+
+def pack_stream(token_lists: Sequence[list[int]], seq_len: int) -> PackedData:
+    """Concatenate documents and cut the stream into rows of ``seq_len`` (raw text, LM loss).
+
+    Documents may span rows, as in ordinary pre-training; the tail shorter than a row is dropped.
+    """
+    stream = [t for ids in token_lists for t in ids]
+    n = len(stream) // seq_len
+    if n == 0:
+        raise BarkitError(f"not enough text to fill one sequence of {seq_len} tokens ({len(stream)} tokens)")
+    ids = torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    ones = torch.ones_like(ids)
+    return PackedData(ids, ones.clone(), ones)
+
+
+def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int) -> PackedData:
+    """Greedily place whole examples into rows of ``seq_len``, right-padded (SFT).
+
+    An example is never split across rows (its loss mask would lose its prompt); one longer
+    than a row is truncated. Packing instead of one example per row avoids computing on
+    padding, which dominates for short conversations.
+    """
+    rows: list[tuple[list[int], list[int]]] = []
+    cur_ids: list[int] = []
+    cur_mask: list[int] = []
+    for ids, mask in examples:
+        ids, mask = ids[:seq_len], mask[:seq_len]
+        if cur_ids and len(cur_ids) + len(ids) > seq_len:
+            rows.append((cur_ids, cur_mask))
+            cur_ids, cur_mask = [], []
+        cur_ids = cur_ids + ids
+        cur_mask = cur_mask + mask
+    if cur_ids:
+        rows.append((cur_ids, cur_mask))
+    if not rows:
+        raise BarkitError("no training examples to pack")
+    return _pad_rows(rows, seq_len, pad_id)
+
+
+def _pad_rows(rows: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> PackedData:
+    n = len(rows)
+    ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
+    loss = torch.zeros((n, seq_len), dtype=torch.long)
+    attn = torch.zeros((n, seq_len), dtype=torch.long)
+    for i, (r_ids, r_mask) in enumerate(rows):
+        ids[i, : len(r_ids)] = torch.tensor(r_ids, dtype=torch.long)
+        loss[i, : len(r_mask)] = torch.tensor(r_mask, dtype=torch.long)
+        attn[i, : len(r_ids)] = 1
+    return PackedData(ids, loss, attn)
+
+
+def concat_packed(parts: Sequence[PackedData]) -> PackedData:
+    """Rows of several packed sets, in order (e.g. raw text rows plus conversation rows)."""
+    if not parts:
+        raise BarkitError("no packed data to concatenate")
+    return PackedData(
+        torch.cat([p.input_ids for p in parts]),
+        torch.cat([p.loss_mask for p in parts]),
+        torch.cat([p.attention_mask for p in parts]),
+    )
+
+
+class RowSampler:
+    """Micro-batch ``index`` -> row indices: epochs of a seeded permutation, no state.
+
+    Batch ``index`` covers rows ``index*batch_size .. +batch_size`` of the endless sequence of
+    epochs, each epoch a permutation seeded by ``(seed, epoch)``.
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int) -> None:
+        if n_rows <= 0:
+            raise BarkitError("no rows to sample from")
+        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+        self._perm_cache: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perm_cache:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm_cache = {epoch: torch.randperm(self.n_rows, generator=g).tolist()}
+        return self._perm_cache[epoch]
+
+    def indices(self, index: int) -> list[int]:
+        start = index * self.batch_size
+        out = []
+        for pos in range(start, start + self.batch_size):
+            epoch, offset = divmod(pos, self.n_rows)
+            out.append(self._perm(epoch)[offset])
+        return out
+
+
+def count_tokens(batch: dict[str, Any]) -> int:
+    """Non-padding tokens in a batch (what 'tokens processed' counts)."""
+    return int(batch["attention_mask"].sum())

@@ -1,0 +1,150 @@
+"""What trains: the one place that sets ``requires_grad``, and the anchor guarantee.
+
+``select_trainable`` turns group names (``expert``, ``router``, ...) and fnmatch globs into a
+:class:`TrainPlan`, logging how many tensors and parameters each pattern selected and refusing a
+pattern that selects nothing (a typo would otherwise silently freeze what the user meant to train).
+
+``AnchorGuard`` keeps the anchor (expert 0 and router row 0) bit-identical. Excluding a tensor
+from the optimizer is not enough here: the anchor is a *slice* of the fused expert tensors, which
+train as a whole, and AdamW's decoupled weight decay and momentum move a parameter even when its
+gradient is zero. So the guard zeroes the anchor's gradient (keeping it out of the clipping norm)
+and copies the snapshot back after every optimizer step.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from barkit.errors import BarkitError
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class TrainPlan:
+    """The outcome of :func:`select_trainable`."""
+
+    trainable: list[str]
+    frozen: list[str]
+    #: pattern -> (tensor count, parameter count) it selected
+    per_pattern: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def parameter_count(self, model: nn.Module) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        params = dict(model.named_parameters())
+        trained = sum(params[n].numel() for n in self.trainable)
+        return trained, sum(p.numel() for p in params.values())
+
+
+def _group_patterns(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    from barkit.families import family_of, is_moe
+
+    family = family_of(model)
+    return dict(family.group_patterns if is_moe(model) else family.dense_group_patterns)
+
+
+def _expand(pattern: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """A group name becomes its globs; anything else is itself a glob."""
+    return groups[pattern] if pattern in groups else (pattern,)
+
+
+def select_trainable(model: nn.Module, patterns: list[str], *, log: Log = _quiet) -> TrainPlan:
+    """Make exactly the parameters matched by ``patterns`` trainable; freeze the rest.
+
+    ``patterns`` holds group names of the model's family (``expert``, ``router``, ``embeddings``,
+    ``lm_head``, ``attention``, ``norms``) and/or fnmatch globs over parameter names. Raises
+    BarkitError naming the first pattern that matches no parameter.
+    """
+    if not patterns:
+        raise BarkitError("trainable set is empty: name at least one group or pattern")
+    groups = _group_patterns(model)
+    names = [n for n, _ in model.named_parameters()]
+    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    chosen: set[str] = set()
+    plan = TrainPlan(trainable=[], frozen=[])
+    for pattern in patterns:
+        globs = _expand(pattern, groups)
+        hit = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+        if not hit:
+            known = ", ".join(sorted(groups))
+            raise BarkitError(f"trainable pattern {pattern!r} matches no parameter (groups: {known})")
+        plan.per_pattern[pattern] = (len(hit), sum(sizes[n] for n in hit))
+        log(f"trainable {pattern}: {len(hit)} tensors, {plan.per_pattern[pattern][1]:,} parameters")
+        chosen.update(hit)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in chosen)
+        (plan.trainable if name in chosen else plan.frozen).append(name)
+    trained, total = plan.parameter_count(model)
+    log(f"trainable total: {len(plan.trainable)} tensors, {trained:,} of {total:,} parameters")
+    return plan
+
+
+def resolve_default_groups(model: nn.Module, groups: list[str], *, log: Log = _quiet) -> list[str]:
+    """Drop default groups that this architecture does not have (a dense model has no router).
+
+    Used only for a stage's *default* trainable set; explicit patterns stay strict.
+    """
+    family_groups = _group_patterns(model)
+    kept = [g for g in groups if g not in family_groups or family_groups[g]]
+    for g in groups:
+        if g not in kept:
+            log(f"default group {g!r} does not exist in this model; skipped")
+    return kept
+
+
+class AnchorGuard:
+    """Snapshot of the anchor slices, restored after every optimizer step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from barkit.families import family_of
+
+        self._slices: list[tuple[str, torch.Tensor, torch.Tensor, nn.Parameter]] = []
+        owners = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
+        for name, view in family_of(model).anchor_slices(model):
+            owner = owners.get(view.untyped_storage().data_ptr())
+            if owner is None:
+                raise BarkitError(f"anchor slice {name!r} is not a view of a model parameter")
+            self._slices.append((name, view, view.detach().clone(), owner))
+
+    def __len__(self) -> int:
+        return len(self._slices)
+
+    @staticmethod
+    def _grad_view(view: torch.Tensor, owner: nn.Parameter) -> torch.Tensor | None:
+        """The part of ``owner.grad`` that lies under ``view`` (same offset and strides)."""
+        grad = owner.grad
+        if grad is None:
+            return None
+        if grad.stride() != owner.stride():
+            raise BarkitError("gradient layout differs from its parameter; cannot mask the anchor")
+        offset = grad.storage_offset() + view.storage_offset() - owner.storage_offset()
+        return grad.as_strided(view.shape, view.stride(), offset)
+
+    @torch.no_grad()
+    def zero_grads(self) -> None:
+        """Zero the anchor's gradient so it neither moves nor counts in gradient clipping."""
+        for _, view, _, owner in self._slices:
+            if owner.requires_grad:
+                g = self._grad_view(view, owner)
+                if g is not None:
+                    g.zero_()
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Copy the snapshot back (undoing weight decay and momentum on the anchor)."""
+        for _, view, saved, owner in self._slices:
+            if owner.requires_grad:
+                view.copy_(saved)
+
+    def check(self) -> list[str]:
+        """Names of anchor slices that differ from the snapshot (empty when intact)."""
+        return [name for name, view, saved, _ in self._slices if not torch.equal(view, saved)]

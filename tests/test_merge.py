@@ -1,0 +1,384 @@
+"""Invariants of ``barkit merge`` on micro models (hidden 32, 2 layers, fp32).
+
+Fixtures build a micro dense Llama base with barkit's tokenizer, branch it by hand into
+2-expert Mixtral checkpoints (expert 1 a copy of the FFN, router zeros), then "train" each
+branch by perturbing expert 1, router row 1 and some shared tensors with seeded noise, and
+optionally adding special tokens. Nothing here depends on the branch or training modules.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Olmo2Config
+
+from barkit.artifacts import read_manifest, write_manifest
+from barkit.errors import ArtifactError, ConfigError, IncompatibleError
+from barkit.families import family_of
+from barkit.merge import merge, merge_dense_btx, parse_size, plan_merge
+from barkit.tokenizer import train_tokenizer
+from barkit.vocab import add_special_tokens
+
+CORPUS = ["the cat sat on the mat", "2 + 3 = 5", "def f(x): return x", "hello world"] * 4
+
+
+def _dense(arch: str, tok: Any, seed: int) -> Any:
+    torch.manual_seed(seed)
+    fields = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    config = LlamaConfig(**fields) if arch == "llama" else Olmo2Config(**fields)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def _branch(dense: Any) -> Any:
+    """2-expert MoE whose experts are both the dense FFN and whose router is zeros."""
+    family = family_of(dense.config)
+    moe = AutoModelForCausalLM.from_config(family.moe_config(dense.config, 2, 2))
+    state = dense.state_dict()
+    with torch.no_grad():
+        for name, p in moe.named_parameters():
+            if name.endswith("mlp.experts.gate_up_proj"):
+                prefix = name[: -len("experts.gate_up_proj")]
+                fused = torch.cat([state[prefix + "gate_proj.weight"], state[prefix + "up_proj.weight"]])
+                p.copy_(fused.expand_as(p))
+            elif name.endswith("mlp.experts.down_proj"):
+                p.copy_(state[name[: -len("experts.down_proj")] + "down_proj.weight"].expand_as(p))
+            elif name.endswith("mlp.gate.weight"):
+                p.zero_()
+            else:
+                p.copy_(state[name])
+    return moe
+
+
+def _train(moe: Any, seed: int, shared: bool) -> None:
+    """Stand-in for adaptation: seeded noise on expert 1, router row 1, and shared tensors."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in moe.named_parameters():
+            if "mlp.experts" in name or name.endswith("mlp.gate.weight"):
+                p[1] += 0.05 * torch.randn(p[1].shape, generator=g)
+            elif shared:
+                p += 0.01 * torch.randn(p.shape, generator=g)
+
+
+def _save(model: Any, tok: Any, out: Path, manifest: dict[str, Any]) -> Path:
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    write_manifest(out, manifest)
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A base and three branches of it: math, tools (adds two tokens), think (adds one)."""
+    root = tmp_path_factory.mktemp("merge")
+    tok = train_tokenizer(300, texts=CORPUS)
+    dense = _dense("llama", tok, seed=0)
+    base = _save(dense, tok, root / "base", {"stage": "base"})
+    base_fp = read_manifest(base)["fingerprint"]
+    dirs: dict[str, Path] = {"base": base}
+    for seed, (domain, tokens) in enumerate(
+        [("math", []), ("tools", ["<tool_call>", "</tool_call>"]), ("think", ["<think>"])], start=1
+    ):
+        moe, btok = _branch(dense), AutoTokenizer.from_pretrained(base)
+        if tokens:
+            add_special_tokens(moe, btok, tokens)
+        _train(moe, seed, shared=True)
+        manifest = {
+            "stage": "sft",
+            "domain": domain,
+            "base_fingerprint": base_fp,
+            "tokens": 12345 * seed,
+            "eval": {domain: 0.1 * seed},
+        }
+        dirs[domain] = _save(moe, btok, root / domain, manifest)
+    return {"root": root, "dirs": dirs, "base_fp": base_fp, "tok": tok, "dense": dense}
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as h:
+            out |= {k: h.get_tensor(k) for k in h.keys()}  # noqa: SIM118 - safe_open has no iteration
+    return out
+
+
+@pytest.fixture(scope="module")
+def merged(world: dict[str, Any]) -> Path:
+    d = world["dirs"]
+    out = world["root"] / "merged"
+    merge([d["math"], d["tools"], d["think"]], out, progress=False)
+    return out
+
+
+def test_merged_loads_natively_with_union_vocab(world: dict[str, Any], merged: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    tok = AutoTokenizer.from_pretrained(merged)
+    assert model.config.num_local_experts == 4 and model.config.num_experts_per_tok == 4
+    base_len = len(world["tok"])
+    assert tok.convert_tokens_to_ids(["<tool_call>", "</tool_call>", "<think>"]) == [
+        base_len,
+        base_len + 1,
+        base_len + 2,
+    ]
+    assert model.config.vocab_size == len(tok) == base_len + 3
+    assert model.config.pad_token_id == tok.pad_token_id and tok.chat_template
+    assert json.loads((merged / "generation_config.json").read_text())["pad_token_id"] == tok.pad_token_id
+    ids = tok("the cat <think>", return_tensors="pt").input_ids
+    assert torch.isfinite(model(ids).logits).all()
+
+
+def test_experts_anchor_and_router_rows_are_bit_exact(world: dict[str, Any], merged: Path) -> None:
+    out = _tensors(merged)
+    d = world["dirs"]
+    branches = [_tensors(d[k]) for k in ("math", "tools", "think")]
+    fam = family_of("mixtral")
+    for layer in range(2):
+        for dst0, src in zip(
+            fam.expert_tensor_names(layer, 0), fam.expert_tensor_names(layer, 1), strict=True
+        ):
+            assert torch.equal(out[dst0], branches[0][dst0])  # anchor = first input's expert 0
+            for k, branch in enumerate(branches, start=1):
+                dst = dst0.replace(".experts.0.", f".experts.{k}.")
+                assert torch.equal(out[dst], branch[src]), dst
+        router = fam.router_tensor_name(layer)
+        expected = torch.stack([branches[0][router][0]] + [b[router][1] for b in branches])
+        assert torch.equal(out[router], expected)
+
+
+def test_shared_tensors_are_the_exact_mean(world: dict[str, Any], merged: Path) -> None:
+    """Bit-exact against the float64 mean rounded once to fp32; allclose to the fp32 mean."""
+    out = _tensors(merged)
+    branches = [_tensors(world["dirs"][k]) for k in ("math", "tools", "think")]
+    base_rows = len(world["tok"])
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.norm.weight", "model.embed_tokens.weight"):
+        stack = torch.stack([b[name][:base_rows] for b in branches])
+        assert torch.equal(out[name][:base_rows], stack.double().mean(0).float()), name
+        assert torch.allclose(out[name][:base_rows], stack.mean(0))
+        assert not torch.equal(out[name][:base_rows], branches[0][name][:base_rows])  # they did diverge
+
+
+def test_added_token_rows_come_only_from_the_expert_that_added_them(
+    world: dict[str, Any], merged: Path
+) -> None:
+    """mixturekit zero-padded then averaged, halving new rows; here they are copied exactly."""
+    out = _tensors(merged)
+    d = world["dirs"]
+    tools, think = _tensors(d["tools"]), _tensors(d["think"])
+    ttok, ktok = AutoTokenizer.from_pretrained(d["tools"]), AutoTokenizer.from_pretrained(d["think"])
+    mtok = AutoTokenizer.from_pretrained(merged)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        for token, src_tok, src in (
+            ("<tool_call>", ttok, tools),
+            ("</tool_call>", ttok, tools),
+            ("<think>", ktok, think),
+        ):
+            row = out[name][mtok.convert_tokens_to_ids(token)]
+            assert torch.equal(row, src[name][src_tok.convert_tokens_to_ids(token)]), (name, token)
+
+
+def test_manifest_and_model_card(world: dict[str, Any], merged: Path) -> None:
+    m = read_manifest(merged)
+    assert m["stage"] == "merge" and m["experts"] == ["anchor", "math", "tools", "think"]
+    assert m["base_fingerprint"] == world["base_fp"] and m["shared_policy"] == "mean"
+    assert [i["fingerprint"] for i in m["inputs"]] == [
+        read_manifest(world["dirs"][k])["fingerprint"] for k in ("math", "tools", "think")
+    ]
+    card = (merged / "README.md").read_text()
+    for text in ("Expert 3: think", "sft", "24.7k", "AutoModelForCausalLM.from_pretrained", "`<tool_call>`"):
+        assert text in card, text
+
+
+def test_single_branch_merge_reproduces_the_branch(world: dict[str, Any]) -> None:
+    out = world["root"] / "single"
+    merge([world["dirs"]["math"]], out, progress=False)
+    ids = torch.tensor([[1, 20, 30, 40, 50]])
+    a = AutoModelForCausalLM.from_pretrained(world["dirs"]["math"]).eval()
+    b = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert torch.equal(a(ids).logits, b(ids).logits)
+    assert _tensors(out).keys() == _tensors(world["dirs"]["math"]).keys()
+
+
+def test_flexolmo_single_merge_and_sharding(tmp_path: Path) -> None:
+    """OLMo-2 family too; a small max shard size gives several files plus an index."""
+    tok = train_tokenizer(280, texts=CORPUS)
+    dense = _dense("olmo2", tok, seed=3)
+    moe = _branch(dense)
+    _train(moe, 7, shared=False)
+    src = _save(moe, tok, tmp_path / "b", {"stage": "midtrain", "domain": "code", "base_fingerprint": "x"})
+    out = tmp_path / "m"
+    merge([src], out, max_shard_size=20_000, progress=False)
+    assert (out / "model.safetensors.index.json").is_file() and len(list(out.glob("*.safetensors"))) > 2
+    ids = torch.tensor([[1, 20, 30, 40]])
+    a, b = (AutoModelForCausalLM.from_pretrained(p).eval() for p in (src, out))
+    assert torch.equal(a(ids).logits, b(ids).logits)
+
+
+def test_weighted_and_anchor_policies(world: dict[str, Any]) -> None:
+    d = world["dirs"]
+    out = world["root"] / "weighted"
+    name = "model.layers.1.self_attn.o_proj.weight"
+    merge(
+        [d["math"], d["think"]],
+        out,
+        shared="weighted",
+        weights=[0.75, 0.25],
+        overrides={"model.norm.*": "anchor"},
+        base_dir=d["base"],
+        progress=False,
+    )
+    got, a, b, base = (_tensors(p) for p in (out, d["math"], d["think"], d["base"]))
+    expected = ((a[name].double() * 0.75 + b[name].double() * 0.25) / 1.0).float()
+    assert torch.equal(got[name], expected)
+    assert torch.equal(got["model.norm.weight"], base["model.norm.weight"])
+    with pytest.raises(ConfigError, match="matches no shared tensor"):
+        plan_merge([d["math"]], overrides={"model.nothing.*": "mean"})
+    with pytest.raises(ConfigError, match="--base"):
+        plan_merge([d["math"]], shared="anchor")
+
+
+def _assert_refused(world: dict[str, Any], inputs: list[Path], exc: type[Exception], names: Path) -> None:
+    out = world["root"] / "refused"
+    with pytest.raises(exc) as info:
+        merge(inputs, out, progress=False)
+    assert str(names) in str(info.value) and "\n" not in str(info.value)
+    assert not out.exists() and not list(world["root"].glob(".refused*"))
+
+
+def test_refusals_name_the_input_and_write_nothing(world: dict[str, Any], tmp_path: Path) -> None:
+    d, root = world["dirs"], world["root"]
+    _assert_refused(world, [d["math"], d["math"]], IncompatibleError, d["math"])
+    twin = tmp_path / "twin"
+    shutil.copytree(d["tools"], twin)  # a different folder with the same expert inside
+    _assert_refused(world, [d["tools"], d["think"], twin], IncompatibleError, twin)
+    _assert_refused(world, [d["math"], d["base"]], ArtifactError, d["base"])  # dense: not a branch
+
+    other = tmp_path / "other_base"
+    shutil.copytree(d["think"], other)
+    write_manifest(other, read_manifest(other) | {"base_fingerprint": "0000", "fingerprint": "o"})
+    _assert_refused(world, [d["math"], other], IncompatibleError, other)
+
+    anchor = tmp_path / "anchor"
+    moe = AutoModelForCausalLM.from_pretrained(d["think"])
+    with torch.no_grad():
+        moe.model.layers[1].mlp.experts.down_proj[0, 0, 0] += 1e-3
+    _save(
+        moe,
+        AutoTokenizer.from_pretrained(d["think"]),
+        anchor,
+        read_manifest(d["think"]) | {"fingerprint": "a"},
+    )
+    _assert_refused(world, [d["math"], anchor], IncompatibleError, anchor)
+
+    wide = tmp_path / "wide"
+    cfg = family_of("llama").moe_config(world["dense"].config, 2, 2)
+    cfg.intermediate_size = 64
+    _save(
+        AutoModelForCausalLM.from_config(cfg),
+        world["tok"],
+        wide,
+        read_manifest(d["math"]) | {"fingerprint": "w"},
+    )
+    _assert_refused(world, [d["math"], wide], IncompatibleError, wide)
+
+    with pytest.raises(IncompatibleError, match="at least one"):
+        plan_merge([])
+    assert not (root / "refused").exists()
+
+
+def test_dry_run_writes_nothing(world: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from barkit.cli import main
+
+    d = world["dirs"]
+    out = world["root"] / "dry"
+    assert main(["merge", str(d["math"]), str(d["tools"]), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    for needle in (
+        "3 experts",
+        "anchor",
+        "math",
+        "tools",
+        "'<tool_call>'",
+        "active per token",
+        "embeddings mean",
+    ):
+        assert needle in text, needle
+    assert main(["merge", str(d["math"]), str(d["math"]), "--out", str(out)]) == 2
+    assert "given twice" in capsys.readouterr().err
+
+
+def test_failure_midway_leaves_no_output(
+    world: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = world["dirs"]
+    broken = tmp_path / "broken"
+    shutil.copytree(d["think"], broken)
+    out = tmp_path / "out"
+    # A truncated file is refused up front, naming the file.
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match="truncated"):
+        merge([d["math"], broken], out, progress=False)
+    assert not out.exists()
+    # Corruption found only while streaming (the 20th read fails): the folder never appears.
+    import barkit.merge as bm
+
+    plan = plan_merge([d["math"], d["think"]])
+    real, calls = bm.read_rows, [0]
+
+    def flaky(info: Any, name: str, a: int, b: int) -> torch.Tensor:
+        calls[0] += 1
+        if calls[0] == 20:
+            raise ArtifactError(f"{info.file}: cannot read tensor {name} (simulated)")
+        return real(info, name, a, b)
+
+    monkeypatch.setattr(bm, "read_rows", flaky)
+    with pytest.raises(ArtifactError, match="simulated"):
+        bm.execute(plan, out, progress=False)
+    assert calls[0] == 20
+    assert not out.exists() and list(tmp_path.iterdir()) == [broken]
+
+
+def test_btx_merge_of_dense_models(world: dict[str, Any], tmp_path: Path) -> None:
+    tok = world["tok"]
+    dirs = []
+    for seed in range(3):
+        dirs.append(
+            _save(_dense("llama", tok, seed=seed + 10), tok, tmp_path / f"d{seed}", {"stage": "base"})
+        )
+    out = tmp_path / "btx"
+    merge_dense_btx(dirs, out, top_k=2, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.model_type == "mixtral" and model.config.num_local_experts == 3
+    got, srcs = _tensors(out), [_tensors(p) for p in dirs]
+    assert torch.equal(
+        got["model.layers.1.block_sparse_moe.experts.2.w2.weight"],
+        srcs[2]["model.layers.1.mlp.down_proj.weight"],
+    )
+    name = "model.layers.0.self_attn.k_proj.weight"
+    assert torch.equal(got[name], torch.stack([s[name] for s in srcs]).double().mean(0).float())
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_parse_size() -> None:
+    assert parse_size("2GB") == 2_000_000_000 and parse_size("1MiB") == 1 << 20 and parse_size("500") == 500
+    with pytest.raises(ConfigError):
+        parse_size("lots")

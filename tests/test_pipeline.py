@@ -1,0 +1,124 @@
+"""The recipe pipeline end to end at micro size: run, skip, rebuild one expert, route, upgrade.
+
+One small recipe (two experts, SFT only) is built once per session; the tests read its
+artifacts. The router invariant (every non-router tensor bit-identical) and the upgrade path
+are checked on real pipeline outputs, not on hand-made fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from barkit.pipeline import run_recipe
+from barkit.recipe import parse_recipe
+
+RECIPE = {
+    "name": "test",
+    "preset": "micro",
+    "seed": 0,
+    "experts": {
+        "math": {"domain": "math", "stages": [{"kind": "sft", "steps": 3}]},
+        "tool_use": {
+            "domain": "tool_use",
+            "stages": [{"kind": "sft", "steps": 3, "add_special_tokens": ["<tool_call>", "</tool_call>"]}],
+        },
+    },
+    "route": {"sample": 0.05, "steps": 3},
+    "eval": {"limit": 2, "categories": ["math", "chat"]},
+}
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def _ledger(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "ledger.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    run_recipe(parse_recipe(RECIPE, "test"), out, log=lambda _: None)
+    return out
+
+
+def test_layout_and_report(run: Path) -> None:
+    for rel in ["base", "experts/math/branch", "experts/math/sft", "experts/tool_use/sft", "merged", "routed"]:
+        assert (run / rel / "barkit.json").is_file(), rel
+    assert (run / "report.md").read_text().count("|") > 10
+    assert (run / "plots" / "scores.png").stat().st_size > 1000
+    assert (run / "plots" / "routing.png").stat().st_size > 1000
+    assert {e["step"] for e in _ledger(run)} >= {"base", "experts.math.sft", "merge", "route"}
+    merged = json.loads((run / "merged" / "barkit.json").read_text())
+    assert merged["experts"] == ["anchor", "math", "tool_use"]
+
+
+def test_router_stage_changes_only_the_router(run: Path) -> None:
+    before, after = _weights(run / "merged"), _weights(run / "routed")
+    assert before.keys() == after.keys()
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert moved, "the router did not train"
+    assert all(k.endswith("mlp.gate.weight") for k in moved), moved
+    fractions = json.loads((run / "routed" / "routing.json").read_text())["fractions"]
+    assert set(fractions) == {"math", "tool_use", "knowledge", "reasoning", "chat"}
+    for row in fractions.values():
+        assert len(row) == 3 and abs(sum(row) - 1.0) < 1e-5
+
+
+def test_rerun_skips_everything(run: Path) -> None:
+    n = len(_ledger(run))
+    run_recipe(parse_recipe(RECIPE, "test"), run, log=lambda _: None)
+    new = [e for e in _ledger(run)[n:] if not e["step"].startswith("eval.")]
+    assert new and not any(e["ran"] for e in new)
+
+
+def test_changing_one_expert_rebuilds_only_it_merge_and_router(run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    changed = json.loads(json.dumps(RECIPE))
+    changed["experts"]["math"]["stages"][0]["steps"] = 4
+    n = len(_ledger(out))
+    run_recipe(parse_recipe(changed, "test"), out, evaluate=False, log=lambda _: None)
+    ran = {e["step"] for e in _ledger(out)[n:] if e["ran"]}
+    assert ran == {"experts.math.sft", "merge", "route"}
+
+
+def test_upgrade_replaces_one_expert(run: Path, tmp_path: Path) -> None:
+    from barkit.upgrade import upgrade
+
+    out = tmp_path / "upgraded"
+    manifest = upgrade(run / "routed", {"math": run / "experts" / "math" / "sft"}, out, preset="micro", steps=2, progress=False)
+    assert manifest["experts"] == ["anchor", "math", "tool_use"]
+    before, after = _weights(run / "routed"), _weights(out)
+    # Same inputs re-merged: only router rows can differ (they were retrained from the merge).
+    moved = [k for k in before if not torch.equal(before[k], after[k])]
+    assert all(k.endswith("mlp.gate.weight") for k in moved), moved
+
+
+def test_quick_demo_cli(tmp_path: Path) -> None:
+    """`barkit demo --quick` (the whole default recipe at micro size) finishes and prints a table."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "barkit.cli", "demo", "--quick", "--out", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "BAR (routed)" in proc.stdout and "overall" in proc.stdout
+    assert time.perf_counter() - start < 240

@@ -1,0 +1,72 @@
+"""Recipes: every shipped recipe validates; errors name the field and the file."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from barkit.errors import ConfigError
+from barkit.recipe import builtin_recipe, load_recipe, parse_recipe, quick_variant, to_yaml
+
+
+def shipped_recipes() -> list[str]:
+    folder = resources.files("barkit.recipes")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+@pytest.mark.parametrize("name", shipped_recipes())
+def test_every_shipped_recipe_validates(name: str) -> None:
+    recipe = builtin_recipe(name)
+    assert recipe.experts
+    # Round trip through YAML gives the same recipe.
+    assert parse_recipe(yaml.safe_load(to_yaml(recipe)), "roundtrip") == recipe
+
+
+def test_default_recipe_follows_bar() -> None:
+    recipe = builtin_recipe("default")
+    stages = {name: [s.kind for s in e.stages] for name, e in recipe.experts.items()}
+    assert stages == {
+        "math": ["midtrain", "sft", "rlvr"],
+        "code": ["midtrain", "sft", "rlvr"],
+        "tool_use": ["sft"],
+        "safety": ["sft"],
+    }
+    assert recipe.experts["tool_use"].stages[0].add_special_tokens == ["<tool_call>", "</tool_call>"]
+    assert recipe.route.sample == 0.05
+
+
+def test_quick_variant_is_micro() -> None:
+    quick = quick_variant(builtin_recipe())
+    assert quick.preset == "micro" and quick.experts == builtin_recipe().experts
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"experts": {"m": {"domain": "geometry", "stages": [{"kind": "sft"}]}}}, "experts.m.domain"),
+        ({"experts": {"m": {"domain": "math", "stages": [{"kind": "sft", "lr": 1}]}}}, "experts.m.stages.0.lr"),
+        ({"experts": {"m": {"domain": "math", "stages": [{"kind": "sft"}, {"kind": "midtrain"}]}}}, "experts.m.stages"),
+        ({"preset": "huge", "experts": {"m": {"domain": "math", "stages": [{"kind": "sft"}]}}}, "preset"),
+        ({"experts": {}}, "experts"),
+        ({"experts": {"m": {"domain": "math", "stages": [{"kind": "sft", "general_mix": 1.5}]}}}, "general_mix"),
+    ],
+)
+def test_errors_name_field_and_file(tmp_path: Path, data: dict, field: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    message = str(info.value)
+    assert str(path) in message and field in message and "\n" not in message
+
+
+def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "r.yaml"
+    bad.write_text("experts: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match="no such recipe"):
+        load_recipe(tmp_path / "missing.yaml")
