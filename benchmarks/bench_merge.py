@@ -47,6 +47,24 @@ SIZES: dict[str, dict[str, int]] = {
     "1b": {"hidden": 2048, "layers": 16, "intermediate": 5632, "vocab": 32000, "heads": 32},
 }
 MARK_START, MARK_END = "<!-- bench_merge:start -->", "<!-- bench_merge:end -->"
+NOTES = """How to read it:
+
+- Inputs are 4 dense Llama models with random bf16 weights (hidden 2048, 16 layers, FFN 5632,
+  vocab 32000: about 0.95 B parameters each) for (a), and 4 two-expert Mixtral branches grown
+  from model 0 (anchor = model 0's FFN, expert 1 and shared tensors = model k's) for (b).
+  The inputs are read once before every command, so all start from a warm page cache.
+- mergekit-moe (`gate_mode: random`, defaults otherwise) copies the shared tensors from its
+  base model; barkit BTX averages them over the 4 inputs, which reads all 4 models' shared
+  tensors: barkit does more work per output byte and is still measured as is.
+- Wall time and peak RSS are `/usr/bin/time -v` around the command line a user types
+  (`mergekit-moe CONFIG OUT`, `barkit merge --btx ... --out OUT`), imports included.
+- "imports before first tensor": a fresh process importing what each tool has loaded when it
+  reads its first tensor (`mergekit.scripts.moe`; `barkit.cli`, `barkit.merge`, `safetensors.torch`).
+  barkit imports transformers only after the weights, to write config and tokenizer.
+- barkit streams: every output header is planned first and tensor bytes go straight to disk in
+  chunks, and inputs are opened with `safe_open` only for the rows being read, so peak RSS does
+  not grow with the model size.
+"""
 MERGEKIT_INSTALL = "torch==2.13.0 mergekit==0.1.5"  # torch pinned: never a barkit dependency
 
 
@@ -352,7 +370,7 @@ def main() -> None:
             f"Measured {time.strftime('%Y-%m-%d')} on this machine ({os.cpu_count()} cores), with\n\n"
             f"    {cmd}\n\n"
         )
-        write_doc(doc, header + body + "\n")
+        write_doc(doc, header + body + "\n\n" + NOTES)
         print(f"wrote {doc}")
 
 

@@ -17,7 +17,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _train_micro import moe_model, random_rows  # noqa: E402
-
 from barkit.train.config import OptimConfig, StageConfig  # noqa: E402
 from barkit.train.loop import run_stage  # noqa: E402
 from barkit.train.objectives import PackedObjective  # noqa: E402

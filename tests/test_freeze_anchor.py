@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _train_micro import dense_model, moe_model, random_rows
 
+from _train_micro import dense_model, moe_model, random_rows
 from barkit.errors import BarkitError
 from barkit.families import family_of
 from barkit.train.config import OptimConfig, StageConfig

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from _train_micro import dense_model, moe_model, random_rows
 
+from _train_micro import dense_model, moe_model, random_rows
 from barkit.errors import ConfigError
 from barkit.train.config import DEFAULT_TRAINABLE, OptimConfig, StageConfig, default_stage, validate_stage
 from barkit.train.data import RowSampler, mix_general, pack_examples, pack_stream
@@ -107,12 +107,14 @@ def test_sft_objective_trains_on_assistant_tokens_only() -> None:
 
     texts = ["the cat sat on the mat", "what is two plus two", "four is the answer"] * 20
     tok = train_tokenizer(300, texts=texts)
-    convs = [[{"role": "user", "content": "what is two plus two"}, {"role": "assistant", "content": "four"}]] * 3
+    convs = [
+        [{"role": "user", "content": "what is two plus two"}, {"role": "assistant", "content": "four"}]
+    ] * 3
     cfg = StageConfig(kind="sft", steps=1, batch_size=2, seq_len=64)
     objective = SFTObjective.from_conversations(tok, cfg, convs)
     batch = objective.batch(0)
     row, mask = batch["input_ids"][0], batch["loss_mask"][0]
-    assert tok.decode(row[mask.bool()].tolist()) .replace("</s>", "|") == "four|four|four|"
+    assert tok.decode(row[mask.bool()].tolist()).replace("</s>", "|") == "four|four|four|"
 
 
 def test_router_stats_match_transformers_aux_loss() -> None:

@@ -123,8 +123,7 @@ def decode_completion(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) ->
     """Completion text without ``<s>``, ``</s>`` and ``<pad>``, keeping added tokens such as
     ``<tool_call>`` that a verifier needs to see."""
     drop = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
-    text: str = tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
-    return text
+    return str(tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False))
 
 
 def generate(
@@ -146,7 +145,9 @@ def generate(
     from tqdm.auto import tqdm
 
     if batch_size < 1 or max_new_tokens < 0:
-        raise BarkitError(f"batch_size must be >= 1 and max_new_tokens >= 0 (got {batch_size}, {max_new_tokens})")
+        raise BarkitError(
+            f"batch_size must be >= 1 and max_new_tokens >= 0 (got {batch_size}, {max_new_tokens})"
+        )
     encoded = [encode_prompt(tokenizer, p, raw=raw) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     results: list[str] = [""] * len(encoded)
@@ -165,7 +166,7 @@ def generate(
                     pad_id=tokenizer.pad_token_id,
                     use_cache=use_cache,
                 )
-                for i, ids in zip(chunk, outputs):
+                for i, ids in zip(chunk, outputs, strict=True):
                     results[i] = decode_completion(tokenizer, ids)
     finally:
         model.train(was_training)

@@ -26,9 +26,11 @@ Arch = Literal["olmo2", "llama"]
 ARCHES: tuple[Arch, ...] = ("olmo2", "llama")
 ROPE_THETA = 10_000.0
 RMS_NORM_EPS = 1e-6
-# transformers picks "grouped_mm" for MoE layers by default; "batched_mm" materialises one weight
-# copy per token and ran out of memory here. Both "eager" and "grouped_mm" train on CPU; eager
-# was the faster of the two for barkit's 2-8 expert models on a 2-core CPU (see helper report).
+# MoE layers: "batched_mm" gathers one weight copy per routed token and ran out of memory here
+# (and was 10x slower on a micro Mixtral). "eager" and "grouped_mm" gave identical logits and the
+# same training throughput within noise on CPU (2.5-3.0k tokens per CPU-second for a tiny
+# Mixtral/FlexOlmo with 2 and 5 experts); eager is the reference loop and has no alignment
+# requirements on memory-mapped weights, so it is the one chosen.
 CPU_EXPERTS_IMPLEMENTATION = "eager"
 # Config keys that mark a mixture-of-experts checkpoint (Mixtral, FlexOlmo, OLMoE, Qwen-MoE).
 _MOE_KEYS = ("num_local_experts", "num_experts")
@@ -117,9 +119,18 @@ def load_model(
     """Load a checkpoint folder with plain transformers (no remote code) and its tokenizer.
 
     A folder whose weights do not match its config (missing, extra or mis-shaped tensors) is
-    refused instead of being silently filled with fresh random weights.
+    refused instead of being silently filled with fresh random weights. A stitched model
+    (Branch-Train-Stitch, ``stitch.json``) has no transformers class and loads through
+    :func:`barkit.stitch.load_stitched`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if (Path(path) / "stitch.json").is_file():
+        from barkit.stitch import load_stitched
+
+        return load_stitched(path)  # type: ignore[return-value]
+    hf_logging.disable_progress_bar()
 
     folder = require_model_dir(path)
     config = _read_config(folder)
@@ -127,10 +138,11 @@ def load_model(
     if is_moe_config(config):
         kwargs["experts_implementation"] = CPU_EXPERTS_IMPLEMENTATION
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except Exception as e:  # transformers/safetensors raise many types for a damaged folder
         raise ArtifactError(f"{folder}: cannot load model ({_first_line(e)})") from None
+    model, info = loaded
     problems = {k: v for k, v in info.items() if k != "error_msgs" and v}
     if problems or info.get("error_msgs"):
         detail = "; ".join(f"{k}: {sorted(map(str, v))[:3]}" for k, v in problems.items())

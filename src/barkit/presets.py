@@ -45,7 +45,7 @@ class ModelPreset:
 # stages see well over 1M tokens.
 PRESETS: dict[str, ModelPreset] = {
     "micro": ModelPreset("micro", 64, 2, 4, 4, 128, 1024, 256),
-    "tiny": ModelPreset("tiny", 128, 4, 4, 4, 384, 2048, 256),
+    "tiny": ModelPreset("tiny", 128, 4, 4, 4, 512, 2048, 256),
     "small": ModelPreset("small", 384, 6, 6, 6, 1024, 4096, 512),
 }
 

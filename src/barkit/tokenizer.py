@@ -33,6 +33,9 @@ ROLES = ("system", "user", "assistant")
 SPECIAL_TOKENS = (UNK, BOS, EOS, PAD) + tuple(f"<|{role}|>" for role in ROLES)
 BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 METASPACE = "\u2581"
+# Markers that experts add later as special tokens; the base must not learn them as merges from
+# the tool-use text (where they appear literally), or two different ids would spell one marker.
+EXPERT_MARKERS = ("<tool_call>", "</tool_call>")
 # Characters kept as single tokens before merging; rarer ones are spelled with byte tokens.
 ALPHABET_LIMIT = 160
 
@@ -63,7 +66,9 @@ def suite_corpus(seed: int = 0, per_category: int = 2000) -> list[str]:
     texts: list[str] = []
     for name in CATEGORIES:
         category = get_category(name)
-        for item in category.items("train", per_category, seed):
+        capacity = category.capacity("train")
+        n = per_category if capacity is None else min(per_category, capacity)
+        for item in category.items("train", n, seed):
             texts.extend((item.prompt, item.answer))
         texts.extend(category.text(per_category, seed))
     return texts
@@ -149,8 +154,17 @@ def train_tokenizer(
     corpus = list(texts) if texts is not None else suite_corpus(seed, per_category)
     if not corpus:
         raise BarkitError("no text to train the tokenizer on")
-    vocab, merges = _learn_bpe(corpus, vocab_size)
+    vocab, merges = _learn_bpe([_without_markers(t) for t in corpus], vocab_size)
+    learned = sorted(m for m in EXPERT_MARKERS if m in vocab)
+    if learned:
+        raise BarkitError(f"tokenizer learned expert marker(s) {learned} from the training text")
     return build_tokenizer(vocab, merges)
+
+
+def _without_markers(text: str) -> str:
+    for marker in EXPERT_MARKERS:
+        text = text.replace(marker, " ")
+    return text
 
 
 def _role_header(role: str) -> str:

@@ -28,12 +28,16 @@ def add_special_tokens(model: Any, tokenizer: Any, tokens: Sequence[str]) -> lis
         if not isinstance(token, str) or not token:
             raise BarkitError(f"special token {token!r}: must be a non-empty string")
     old_rows = int(model.get_input_embeddings().weight.shape[0])
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in tokens if t not in vocab]
-    if missing:
-        tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    old_vocab = tokenizer.get_vocab()
+    # A token the BPE already learned as an ordinary piece keeps its id and row, but is still
+    # registered as special so that it is never split or merged with its neighbours.
+    unregistered = [t for t in tokens if t not in tokenizer.get_added_vocab()]
+    if unregistered:
+        tokenizer.add_special_tokens(
+            {"extra_special_tokens": unregistered}, replace_extra_special_tokens=False
+        )
     ids = [int(tokenizer.convert_tokens_to_ids(t)) for t in tokens]
-    fresh = [int(tokenizer.convert_tokens_to_ids(t)) for t in missing]
+    fresh = [i for t, i in zip(tokens, ids, strict=True) if t not in old_vocab]
     if fresh:
         rows = max(old_rows, len(tokenizer), max(fresh) + 1)
         if rows > old_rows:

@@ -33,16 +33,20 @@ class OptimConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate, reached after warmup.")
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled (AdamW) weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="Adam's (beta1, beta2).")
-    eps: float = Field(1e-8, gt=0, description="Adam's epsilon.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to lr over this many steps.")
+    lr: float = Field(default=1e-3, gt=0, description="Peak learning rate, reached after warmup.")
+    weight_decay: float = Field(default=0.0, ge=0, description="Decoupled (AdamW) weight decay.")
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), description="Adam's (beta1, beta2).")
+    eps: float = Field(default=1e-8, gt=0, description="Adam's epsilon.")
+    warmup_steps: int = Field(default=0, ge=0, description="Linear warmup from 0 to lr over this many steps.")
     schedule: Literal["cosine", "constant"] = Field(
-        "cosine", description="After warmup: cosine decay to min_lr_ratio * lr, or constant lr."
+        default="cosine", description="After warmup: cosine decay to min_lr_ratio * lr, or constant lr."
     )
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr of the cosine schedule, as a share of lr.")
-    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; None = off.")
+    min_lr_ratio: float = Field(
+        default=0.1, ge=0, le=1, description="Final lr of the cosine schedule, as a share of lr."
+    )
+    grad_clip: float | None = Field(
+        default=1.0, gt=0, description="Clip the global gradient norm to this; None = off."
+    )
 
     @model_validator(mode="after")
     def _betas_in_range(self) -> OptimConfig:
@@ -59,23 +63,25 @@ class StageConfig(BaseModel):
 
     kind: StageKind = Field(description="Which stage of the recipe this is; sets the default trainable set.")
     steps: int = Field(gt=0, description="Optimizer steps.")
-    batch_size: int = Field(8, gt=0, description="Sequences per micro-batch per process.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches accumulated per optimizer step.")
-    seq_len: int = Field(256, ge=8, description="Tokens per packed sequence.")
-    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and schedule.")
+    batch_size: int = Field(default=8, gt=0, description="Sequences per micro-batch per process.")
+    grad_accum: int = Field(default=1, gt=0, description="Micro-batches accumulated per optimizer step.")
+    seq_len: int = Field(default=256, ge=8, description="Tokens per packed sequence.")
+    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(), description="Optimizer and schedule.")
     trainable: list[str] | None = Field(
-        None,
+        default=None,
         description="Group names (expert, router, embeddings, lm_head, attention, norms) or fnmatch "
         "globs over parameter names; None = the default for this kind (DEFAULT_TRAINABLE).",
     )
     aux_loss_coef: float | None = Field(
-        None, ge=0, description="MoE load-balancing loss coefficient; None = the model config's."
+        default=None, ge=0, description="MoE load-balancing loss coefficient; None = the model config's."
     )
-    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps; 0 = at the end only.")
-    log_every: int = Field(1, gt=0, description="Write a metrics line every N steps.")
-    seed: int = Field(0, description="Seeds data order and the per-step RNG.")
+    checkpoint_every: int = Field(
+        default=0, ge=0, description="Save a resumable checkpoint every N steps; 0 = at the end only."
+    )
+    log_every: int = Field(default=1, gt=0, description="Write a metrics line every N steps.")
+    seed: int = Field(default=0, description="Seeds data order and the per-step RNG.")
     general_mix: float = Field(
-        0.0, ge=0, le=1, description="Share of general (non-domain) data mixed into the stage's data."
+        default=0.0, ge=0, le=1, description="Share of general (non-domain) data mixed into the stage's data."
     )
 
     def trainable_patterns(self) -> list[str]:

@@ -54,7 +54,7 @@ def _group_patterns(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 def _expand(pattern: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
     """A group name becomes its globs; anything else is itself a glob."""
-    return groups[pattern] if pattern in groups else (pattern,)
+    return groups.get(pattern, (pattern,))
 
 
 def select_trainable(model: nn.Module, patterns: list[str], *, log: Log = _quiet) -> TrainPlan:

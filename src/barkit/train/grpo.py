@@ -39,15 +39,31 @@ class GRPOConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    group_size: int = Field(4, ge=2, description="Samples per prompt; advantages are normalised within a group.")
+    group_size: int = Field(
+        4, ge=2, description="Samples per prompt; advantages are normalised within a group."
+    )
     prompts_per_step: int | None = Field(
         None, gt=0, description="Prompts per rollout; None = the stage's batch_size."
     )
     max_new_tokens: int = Field(48, gt=0, description="Longest sampled completion, in tokens.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature (log-probs use the same scaling).")
+    temperature: float = Field(
+        1.0, gt=0, description="Sampling temperature (log-probs use the same scaling)."
+    )
     beta: float = Field(0.0, ge=0, description="KL penalty to the starting policy; 0 = off (BAR's setting).")
     clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip: [1 - eps, 1 + eps].")
     adv_eps: float = Field(1e-4, gt=0, description="Added to the group std before dividing.")
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> GRPOConfig:
+        """Defaults sized to a preset's ``seq_len`` (micro: 64 tokens, so short completions)."""
+        group, new_tokens = _PRESET_SAMPLING.get(preset, _PRESET_SAMPLING["tiny"])
+        fields: dict[str, Any] = {"group_size": group, "max_new_tokens": new_tokens}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(fields)
+
+
+# (group_size, max_new_tokens) per model preset.
+_PRESET_SAMPLING: dict[str, tuple[int, int]] = {"micro": (4, 16), "tiny": (4, 64), "small": (8, 96)}
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -180,7 +196,9 @@ class GRPOObjective:
         if not prompts:
             raise BarkitError("rlvr: no RL prompts to train on")
         if seq_len <= cfg.max_new_tokens:
-            raise BarkitError(f"rlvr: seq_len {seq_len} leaves no room for a prompt of max_new_tokens {cfg.max_new_tokens}")
+            raise BarkitError(
+                f"rlvr: seq_len {seq_len} leaves no room for a prompt of max_new_tokens {cfg.max_new_tokens}"
+            )
         self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
         self.prompts = list(prompts)
         self.prompts_per_step = cfg.prompts_per_step or batch_size
@@ -229,7 +247,7 @@ class GRPOObjective:
         """``group_size`` completions per prompt row, seeded by the batch index."""
         from transformers import GenerationConfig
 
-        model = unwrap(self.model)
+        model: Any = unwrap(self.model)  # a transformers model: it has ``generate``
         device = next(model.parameters()).device
         gen = GenerationConfig(
             do_sample=True,
@@ -247,9 +265,7 @@ class GRPOObjective:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(_mix_seed(self.seed, index))
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
-        completions = out[:, ids.shape[1] :].cpu()
-        if completions.shape[1] == 0:  # pragma: no cover - generate always adds a token
-            raise BarkitError("rlvr: generation produced no tokens")
+        completions: Tensor = out[:, ids.shape[1] :].cpu()
         return completions
 
     def _score(self, items: list[Item], completions: Tensor) -> Tensor:
@@ -281,7 +297,9 @@ class GRPOObjective:
         self.reward_curve[step] = float(rewards.mean())
         return batch
 
-    def _assemble(self, prompt: Tensor, prompt_mask: Tensor, completions: Tensor, rewards: Tensor) -> dict[str, Tensor]:
+    def _assemble(
+        self, prompt: Tensor, prompt_mask: Tensor, completions: Tensor, rewards: Tensor
+    ) -> dict[str, Tensor]:
         g = self.cfg.group_size
         comp_mask = completion_mask(completions, self.tokenizer.eos_token_id)
         advantages, informative = group_advantages(rewards, self.cfg.adv_eps)
@@ -301,7 +319,9 @@ class GRPOObjective:
         device = next(unwrap(self.model).parameters()).device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         prompt_len = ids.shape[1] - batch["completion_mask"].shape[1]
-        out = {"old_logp": completion_logprobs(self.model, ids, mask, prompt_len, self.cfg.temperature)[0].cpu()}
+        out = {
+            "old_logp": completion_logprobs(self.model, ids, mask, prompt_len, self.cfg.temperature)[0].cpu()
+        }
         if self.reference is not None:
             ref = completion_logprobs(self.reference, ids, mask, prompt_len, self.cfg.temperature)[0]
             out["ref_logp"] = ref.cpu()

@@ -190,7 +190,9 @@ class _Stage:
         cfg, acc = self.cfg, self.acc
         index = (self.step * cfg.grad_accum + micro) * acc.num_processes + acc.process_index
         batch = {k: v.to(acc.device) for k, v in self.objective.batch(index).items()}
-        self.tokens_this_run += count_tokens(batch) if "attention_mask" in batch else batch["input_ids"].numel()
+        self.tokens_this_run += (
+            count_tokens(batch) if "attention_mask" in batch else batch["input_ids"].numel()
+        )
         last = micro == cfg.grad_accum - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(self.model)
         with sync:
@@ -311,4 +313,6 @@ def _result(stage: _Stage) -> StageResult:
     summary.update({"final_loss": last.get("loss", float("nan")), "steps": float(stage.step)})
     tokens = stage.history[-1]["tokens"] if stage.history else stage.tokens
     seconds = stage.elapsed()
-    return StageResult(stage.inner, stage.history, int(tokens), float(seconds), stage.step, stage.plan, summary)
+    return StageResult(
+        stage.inner, stage.history, int(tokens), float(seconds), stage.step, stage.plan, summary
+    )

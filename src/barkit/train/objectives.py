@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from barkit.train.config import StageConfig
-from barkit.train.data import Example, PackedData, RowSampler, concat_packed, mix_general, pack_examples, pack_stream
+from barkit.train.data import (
+    Example,
+    PackedData,
+    RowSampler,
+    concat_packed,
+    mix_general,
+    pack_examples,
+    pack_stream,
+)
 
 Conversation = list[dict[str, str]]
 

@@ -1,0 +1,26 @@
+"""``barkit base``: train the embedded default dense base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the base model to.")],
+    arch: Annotated[str, typer.Option(help="Architecture family: olmo2 or llama.")] = "olmo2",
+    preset: Annotated[str, typer.Option(help="Model and schedule size: micro, tiny or small.")] = "tiny",
+    steps: Annotated[int | None, typer.Option(help="Override the preset's step count.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for tokenizer sample, weights and data order.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train the default dense base on the micro-suite's general data (knowledge, reasoning, chat)."""
+    from barkit.base import train_base
+
+    manifest = train_base(out, arch=arch, preset=preset, steps=steps, seed=seed, progress=progress)
+    typer.echo(
+        f"base written to {out}: {manifest['tokens']:,} tokens in {manifest['seconds']:.1f} s, "
+        f"final loss {manifest['metrics']['final_loss']:.3f}, fingerprint {manifest['fingerprint']}"
+    )

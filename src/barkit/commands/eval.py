@@ -1,0 +1,43 @@
+"""``barkit eval MODEL [--out FILE.json]``: micro-suite evaluation, per category and overall."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def main(
+    model: Annotated[Path, typer.Argument(help="Model folder (dense or MoE).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write scores and per-item results to this JSON file.")
+    ] = None,
+    categories: Annotated[
+        str | None, typer.Option("--categories", help="Comma-separated categories (default: all seven).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Test items per category.")] = 100,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts decoded together.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = 64,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the test items drawn.")] = 0,
+) -> None:
+    """Evaluate a model on the micro-suite's test split and print the scores (0-100)."""
+    from barkit.artifacts import require_model_dir
+    from barkit.evaluate import evaluate_folder, format_table, resolve_categories
+
+    # Cheap checks first, so that a typo fails before the weights load.
+    folder = require_model_dir(model)
+    names = resolve_categories(categories)
+    data = evaluate_folder(
+        folder,
+        out,
+        categories=names,
+        limit=limit,
+        seed=seed,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        progress=True,
+    )
+    typer.echo(format_table({model.name or str(model): {**data["scores"], "overall": data["overall"]}}))
+    if out is not None:
+        typer.echo(f"wrote {out}")

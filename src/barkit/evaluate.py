@@ -1,0 +1,198 @@
+"""Micro-suite evaluation: greedy completions of test items, scored by each category's verifier.
+
+Per item the verifier's score is in [0, 1]; per category and overall the scores are reported on
+a 0-100 scale. ``overall`` is the unweighted mean of the category scores (BAR's macro average),
+so a category with more items does not count more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from barkit.errors import BarkitError
+from barkit.suite import CATEGORIES, Item, get_category
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+DEFAULT_LIMIT = 100
+DEFAULT_BATCH_SIZE = 16
+# The longest reference answer of the suite's test split is 31 tokens with the tiny tokenizer;
+# 64 leaves room for a model that rambles a little before stopping.
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One scored test item (``score`` in [0, 1])."""
+
+    category: str
+    id: str
+    prompt: str
+    completion: str
+    reference: str
+    score: float
+
+
+@dataclass
+class EvalResult:
+    """Scores per category and overall (0-100) and every item's result."""
+
+    scores: dict[str, float]
+    overall: float
+    items: list[ItemResult] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scores": dict(self.scores),
+            "overall": self.overall,
+            "settings": dict(self.settings),
+            "items": [asdict(r) for r in self.items],
+        }
+
+
+def resolve_categories(categories: Sequence[str] | str | None) -> list[str]:
+    """Category names from a list or a comma-separated string; all seven when empty."""
+    if categories is None:
+        return list(CATEGORIES)
+    names = [c.strip() for c in categories.split(",")] if isinstance(categories, str) else list(categories)
+    names = [c for c in names if c]
+    if not names:
+        return list(CATEGORIES)
+    for name in names:
+        get_category(name)  # raises a BarkitError naming the known categories
+    if len(set(names)) != len(names):
+        raise BarkitError(f"category listed twice in {','.join(names)}")
+    return names
+
+
+def _test_items(name: str, limit: int, seed: int) -> list[Item]:
+    """``limit`` test items, or all of them when the category's test split is smaller."""
+    category = get_category(name)
+    capacity = category.capacity("test")
+    return category.items("test", limit if capacity is None else min(limit, capacity), seed)
+
+
+def _score_items(items: Sequence[Item], completions: Sequence[str], progress: bool) -> list[ItemResult]:
+    from tqdm.auto import tqdm
+
+    results = []
+    for item, completion in tqdm(
+        list(zip(items, completions, strict=True)), desc="score", unit="item", disable=not progress
+    ):
+        score = float(get_category(item.category).score(item, completion))
+        results.append(
+            ItemResult(
+                item.category, item.id, item.prompt, completion, item.answer, min(max(score, 0.0), 1.0)
+            )
+        )
+    return results
+
+
+def _aggregate(names: Sequence[str], results: Sequence[ItemResult]) -> dict[str, float]:
+    scores = {}
+    for name in names:
+        mine = [r.score for r in results if r.category == name]
+        scores[name] = round(100.0 * sum(mine) / len(mine), 2) if mine else 0.0
+    return scores
+
+
+def evaluate(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    categories: Sequence[str] | str | None = None,
+    limit: int = DEFAULT_LIMIT,
+    *,
+    seed: int = 0,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate ``model`` on ``limit`` test items of each category.
+
+    All categories' prompts go through one generation pass, so batches are filled across
+    categories (prompts are grouped by length inside :func:`barkit.generate.generate`).
+    """
+    from barkit.generate import generate
+
+    if limit < 1:
+        raise BarkitError(f"--limit must be at least 1 (got {limit})")
+    names = resolve_categories(categories)
+    items = [item for name in names for item in _test_items(name, limit, seed)]
+    start = time.perf_counter()
+    completions = generate(
+        model,
+        tokenizer,
+        [item.messages()[:1] for item in items],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    results = _score_items(items, completions, progress)
+    scores = _aggregate(names, results)
+    overall = round(sum(scores.values()) / len(scores), 2)
+    settings = {
+        "categories": names,
+        "limit": limit,
+        "items_per_category": {name: sum(r.category == name for r in results) for name in names},
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return EvalResult(scores, overall, results, settings)
+
+
+def evaluate_folder(
+    model_dir: str | os.PathLike[str],
+    out_file: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Load a checkpoint folder, evaluate it and (if ``out_file``) write the JSON atomically."""
+    from barkit.artifacts import atomic_write_text, read_manifest
+    from barkit.errors import ArtifactError
+    from barkit.modeling import load_model
+
+    model, tokenizer = load_model(model_dir)
+    data = evaluate(model, tokenizer, **kwargs).to_dict()
+    try:
+        fingerprint = read_manifest(model_dir).get("fingerprint")
+    except ArtifactError:  # a plain HF folder without barkit.json is fine to evaluate
+        fingerprint = None
+    data = {"model": str(model_dir), "model_fingerprint": fingerprint, **data}
+    if out_file is not None:
+        atomic_write_text(Path(out_file), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return data
+
+
+def _columns(rows: Mapping[str, Mapping[str, float]]) -> list[str]:
+    seen = {key for scores in rows.values() for key in scores}
+    ordered = [c for c in CATEGORIES if c in seen]
+    ordered += sorted(seen - set(ordered) - {"overall"})
+    return ordered + (["overall"] if "overall" in seen else [])
+
+
+def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """Several models' scores side by side, one row per model (``-`` where a score is missing)."""
+    if not rows:
+        return "(no results)"
+    columns = _columns(rows)
+    header = ["model", *columns]
+    body = [
+        [label, *(f"{scores[c]:.1f}" if c in scores else "-" for c in columns)]
+        for label, scores in rows.items()
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        return "  ".join([first, *(cell.rjust(w) for cell, w in zip(cells[1:], widths[1:], strict=True))])
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(row) for row in body)])
