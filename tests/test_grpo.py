@@ -244,6 +244,7 @@ def test_rlvr_stage_raises_reward_and_keeps_anchor(tokenizer, tmp_path):
     )
     result = run_stage(model, tokenizer, stage, obj, tmp_path / "rlvr", progress=False)
     after_mass = _rewarded_mass(model, tokenizer, items)
+    print(f"rewarded first-token mass {before_mass:.3f} -> {after_mass:.3f}")
     assert after_mass > before_mass + 0.2, (before_mass, after_mass)
     assert sorted(obj.reward_curve) == list(range(6))
     assert {"reward_mean", "reward_std", "zero_var_frac", "completion_len", "clip_frac"} <= set(

@@ -154,15 +154,17 @@ def completion_logprobs(
 
 
 def decode_completion(tokenizer: Any, ids: Sequence[int]) -> str:
-    """Text of one completion up to (not including) its first eos.
+    """Text of one completion up to its first eos, decoded exactly as evaluation decodes it.
 
-    Special tokens stay in the text: the tool verifier reads ``<tool_call>`` markers.
+    Added special tokens stay in the text: the tool verifier reads the ``<tool_call>`` markers.
     """
+    from barkit.generate import decode_completion as decode_for_eval
+
     eos = tokenizer.eos_token_id
     kept = list(ids)
     if eos is not None and eos in kept:
         kept = kept[: kept.index(eos)]
-    return str(tokenizer.decode(kept, skip_special_tokens=False))
+    return decode_for_eval(tokenizer, kept)
 
 
 def suite_reward(item: Item, completion: str) -> float:
