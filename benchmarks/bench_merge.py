@@ -52,18 +52,25 @@ NOTES = """How to read it:
 - Inputs are 4 dense Llama models with random bf16 weights (hidden 2048, 16 layers, FFN 5632,
   vocab 32000: about 0.95 B parameters each) for (a), and 4 two-expert Mixtral branches grown
   from model 0 (anchor = model 0's FFN, expert 1 and shared tensors = model k's) for (b).
-  The inputs are read once before every command, so all start from a warm page cache.
+  The inputs are read once before every command, so all start from a warm page cache (as far
+  as 20 GB of inputs fit in this machine's 23 GB of memory).
 - mergekit-moe (`gate_mode: random`, defaults otherwise) copies the shared tensors from its
   base model; barkit BTX averages them over the 4 inputs, which reads all 4 models' shared
   tensors: barkit does more work per output byte and is still measured as is.
 - Wall time and peak RSS are `/usr/bin/time -v` around the command line a user types
-  (`mergekit-moe CONFIG OUT`, `barkit merge --btx ... --out OUT`), imports included.
+  (`mergekit-moe CONFIG OUT`, `barkit merge --btx ... --out OUT`), imports included. barkit's
+  time also includes what mergekit-moe does not do: the same-base and duplicate-expert checks
+  (BAR also compares every anchor byte) and the SHA-256 content fingerprint of the whole
+  output for barkit.json.
 - "imports before first tensor": a fresh process importing what each tool has loaded when it
   reads its first tensor (`mergekit.scripts.moe`; `barkit.cli`, `barkit.merge`, `safetensors.torch`).
-  barkit imports transformers only after the weights, to write config and tokenizer.
-- barkit streams: every output header is planned first and tensor bytes go straight to disk in
-  chunks, and inputs are opened with `safe_open` only for the rows being read, so peak RSS does
-  not grow with the model size.
+- How barkit writes: every output header is planned first, which fixes every tensor's file
+  offset. The main thread then copies single-source byte ranges (experts, router rows) from
+  input file to output file with `copy_file_range`, in the kernel, never decoding them; one
+  helper thread meanwhile writes tokenizer and config (importing transformers) and averages
+  the shared tensors in 256k-element chunks (bf16/fp16 summed in float32, fp32 in float64,
+  rounded once to the storage dtype), each thread writing at its own offsets. Inputs are read
+  with `pread` (nothing mmapped), so peak RSS does not grow with the model size.
 """
 MERGEKIT_INSTALL = "torch==2.13.0 mergekit==0.1.5"  # torch pinned: never a barkit dependency
 

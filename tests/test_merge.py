@@ -382,3 +382,95 @@ def test_parse_size() -> None:
     assert parse_size("2GB") == 2_000_000_000 and parse_size("1MiB") == 1 << 20 and parse_size("500") == 500
     with pytest.raises(ConfigError):
         parse_size("lots")
+
+
+def _bf16_copy(src: Path, out: Path) -> Path:
+    model = AutoModelForCausalLM.from_pretrained(src).to(torch.bfloat16)
+    return _save(model, AutoTokenizer.from_pretrained(src), out, read_manifest(src))
+
+
+def test_bf16_mean_is_float32_accumulated_and_copies_stay_exact(
+    world: dict[str, Any], tmp_path: Path
+) -> None:
+    """16-bit storage sums in float32: the float64 mean rounded once, up to 1 ulp at rare ties."""
+    d = world["dirs"]
+    srcs = [_bf16_copy(d[k], tmp_path / k) for k in ("math", "tools", "think")]
+    out = tmp_path / "m"
+    merge(srcs, out, progress=False)
+    got, ins = _tensors(out), [_tensors(p) for p in srcs]
+    rows = len(world["tok"])
+    for name in ("model.layers.0.self_attn.q_proj.weight", "model.norm.weight", "lm_head.weight"):
+        assert got[name].dtype == torch.bfloat16
+        stack = torch.stack([t[name][:rows] for t in ins]).double()
+        exact = stack.mean(0).to(torch.bfloat16)
+        ulp = exact.double().abs().clamp_min(1e-30) * 2.0**-7  # one bf16 unit in the last place
+        assert ((got[name][:rows].double() - exact.double()).abs() <= ulp).all(), name
+        assert (got[name][:rows] == exact).double().mean() > 0.99, name
+    compared = 0
+    for k, src in enumerate(ins, start=1):  # experts: raw byte copies, bit for bit
+        for name, t in src.items():
+            if ".experts.1." in name:
+                assert torch.equal(got[name.replace(".experts.1.", f".experts.{k}.")], t), name
+                compared += 1
+    assert compared == 3 * 2 * 3  # 3 branches x 2 layers x (w1, w2, w3)
+
+
+@pytest.mark.parametrize("how", ["refused", "missing"])
+def test_copy_falls_back_to_pread_pwrite(
+    world: dict[str, Any], merged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Where copy_file_range is refused (EXDEV across file systems) or absent, same bytes."""
+    import errno
+    import os
+
+    if how == "refused":
+
+        def refuse(*args: Any, **kwargs: Any) -> int:
+            raise OSError(errno.EXDEV, "cross-device")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    else:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    d = world["dirs"]
+    out = tmp_path / "fallback"
+    merge([d["math"], d["tools"], d["think"]], out, progress=False)
+    assert (out / "model.safetensors").read_bytes() == (merged / "model.safetensors").read_bytes()
+
+
+def test_shard_writer_writes_out_of_order_and_counts_bytes(tmp_path: Path) -> None:
+    from barkit.merge import ShardWriter, read_header
+
+    a, b = torch.arange(6, dtype=torch.float32).reshape(2, 3), torch.ones(4, dtype=torch.bfloat16)
+    w = ShardWriter(tmp_path / "x.safetensors", [("a", "F32", (2, 3)), ("b", "BF16", (4,))])
+    w.write_at(w.offsets["b"], b.view(torch.uint8).numpy())  # the later tensor first
+    w.write_at(w.offsets["a"], a.view(torch.uint8).numpy())
+    w.close()
+    got = _tensors(tmp_path)
+    assert torch.equal(got["a"], a) and torch.equal(got["b"], b)
+    assert read_header(tmp_path / "x.safetensors")["b"].offset == w.offsets["b"]
+    short = ShardWriter(tmp_path / "y.safetensors", [("a", "F32", (2, 3))])
+    short.write_at(short.offsets["a"], a[:1].numpy())
+    with pytest.raises(ArtifactError, match="wrote 12 of 24 bytes"):
+        short.close()
+
+
+def test_header_with_wrong_byte_count_is_refused(tmp_path: Path) -> None:
+    from barkit.merge import read_header
+
+    header = json.dumps({"t": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}).encode()
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(16))
+    with pytest.raises(ArtifactError, match="tensor t has 12 bytes"):
+        read_header(path)
+
+
+def test_btx_router_is_seeded(world: dict[str, Any], tmp_path: Path) -> None:
+    tok = world["tok"]
+    dirs = [_save(_dense("llama", tok, seed=s), tok, tmp_path / f"d{s}", {"stage": "base"}) for s in (1, 2)]
+    name = "model.layers.0.block_sparse_moe.gate.weight"
+    routers = []
+    for k, seed in enumerate((5, 5, 6)):
+        merge_dense_btx(dirs, tmp_path / f"o{k}", seed=seed, progress=False)
+        routers.append(_tensors(tmp_path / f"o{k}")[name])
+    assert torch.equal(routers[0], routers[1]) and not torch.equal(routers[0], routers[2])
+    assert routers[0].shape == (2, 32) and routers[0].abs().max() > 0

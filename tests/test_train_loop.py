@@ -173,3 +173,15 @@ def test_loop_logs_expert_fractions_for_moe(tmp_path) -> None:
     assert math.isclose(sum(fractions), 1.0, rel_tol=1e-6)
     assert "aux_loss" in result.history[-1] and "mean_aux_loss" in result.summary
     assert result.tokens == 3 * 2 * 28  # padding not counted
+
+
+def test_weight_shares_follow_the_router_when_all_experts_are_selected() -> None:
+    """With top-k = all experts, selection counts are uniform; weight shares are not."""
+    from barkit.train.objectives import weight_shares
+
+    logits = [torch.tensor([[2.0, 0.0], [2.0, 0.0], [0.0, 0.0]])]
+    _, fractions = router_stats(logits, 2, 2, None)
+    assert torch.allclose(fractions, torch.tensor([0.5, 0.5]))
+    shares = weight_shares(logits, 2, torch.tensor([[1, 1, 0]]))
+    expected = torch.softmax(torch.tensor([2.0, 0.0]), dim=0)
+    assert torch.allclose(shares, expected)

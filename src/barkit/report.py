@@ -17,7 +17,7 @@ from barkit.artifacts import append_ledger, atomic_write_text, read_manifest
 from barkit.suite import CATEGORIES
 
 if TYPE_CHECKING:
-    from barkit.pipeline import RunResult, Runner
+    from barkit.pipeline import Runner, RunResult
 
 Scores = dict[str, float]
 

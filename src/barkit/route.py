@@ -64,9 +64,9 @@ def routed_categories(domains: Sequence[str]) -> list[str]:
 def routing_fractions(
     model: Any, tokenizer: Any, sample: dict[str, list[Conversation]], seq_len: int = 256
 ) -> dict[str, list[float]]:
-    """Per category: the share of its tokens' top-k assignments that go to each expert."""
+    """Per category: the share of its tokens' routing weight that goes to each expert."""
     from barkit.tokenizer import encode_conversation
-    from barkit.train.objectives import moe_shape, router_stats
+    from barkit.train.objectives import moe_shape, routing_weights
 
     shape = moe_shape(model.config)
     if shape is None:
@@ -78,7 +78,7 @@ def routing_fractions(
         for conv in convs:
             ids, _ = encode_conversation(tokenizer, conv, seq_len)
             out = model(input_ids=torch.tensor([ids]), output_router_logits=True, use_cache=False)
-            total += router_stats(out.router_logits, *shape, None)[1] * len(ids)
+            total += routing_weights(out.router_logits, shape[1]).sum(dim=0)
         result[name] = (total / total.sum().clamp_min(1e-12)).tolist()
     return result
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from barkit.pipeline import RunResult
 
 
 def main(
@@ -22,12 +25,10 @@ def main(
     _print_result(result)
 
 
-def _print_result(result: object) -> None:
+def _print_result(result: RunResult) -> None:
     from barkit.evaluate import format_table
 
-    scores = getattr(result, "scores", {})
-    if scores:
-        print(format_table(scores))
-    steps = getattr(result, "steps", [])
-    ran = sum(1 for s in steps if s.ran)
-    print(f"{ran} step(s) ran, {len(steps) - ran} up to date; ledger: {getattr(result, 'out')}/ledger.jsonl")
+    if result.scores:
+        print(format_table(result.scores))
+    ran = sum(1 for s in result.steps if s.ran)
+    print(f"{ran} step(s) ran, {len(result.steps) - ran} up to date; ledger: {result.out}/ledger.jsonl")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from barkit.errors import BarkitError
 from barkit.suite.base import Item
 from barkit.train.data import RowSampler
-from barkit.train.objectives import moe_shape, router_stats, unwrap
+from barkit.train.objectives import moe_shape, router_stats, unwrap, weight_shares
 
 Reward = Callable[[Item, str], float]
 
@@ -351,6 +351,8 @@ class GRPOObjective:
             coef = self._coef(unwrap(model).config)
             metrics["aux_loss"] = float(aux.detach())
             metrics.update({f"expert_frac/{i}": float(f) for i, f in enumerate(fractions)})
+            shares = weight_shares(out.router_logits, moe[1], batch["attention_mask"])
+            metrics.update({f"expert_weight/{i}": float(w) for i, w in enumerate(shares)})
             if coef > 0:
                 loss = loss + coef * aux
         return loss, metrics

@@ -91,6 +91,31 @@ def router_stats(
     return aux, (counts / (rows * top_k)).detach()
 
 
+def routing_weights(router_logits: Sequence[Tensor], top_k: int) -> Tensor:
+    """Per token (rows), the weight each expert gets in the MoE output, averaged over layers.
+
+    That is the router softmax restricted to the top-k experts and renormalised. When top-k
+    equals the number of experts (BAR's branches, a default merge) every expert is *selected*
+    for every token, so selection counts are uniform by construction; these weights show
+    where the router really sends the mass.
+    """
+    total = torch.zeros(())
+    for layer in router_logits:
+        probs = torch.softmax(layer.float(), dim=-1)
+        top = torch.topk(probs, top_k, dim=-1)
+        kept = torch.zeros_like(probs).scatter(-1, top.indices, top.values)
+        total = total + kept / kept.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    return (total / max(len(router_logits), 1)).detach()
+
+
+def weight_shares(router_logits: Sequence[Tensor], top_k: int, mask: Tensor | None) -> Tensor:
+    """Share of all (non-padding) tokens' routing weight that each expert receives."""
+    weights = routing_weights(router_logits, top_k)
+    if mask is not None:
+        weights = weights * mask.reshape(-1, 1).to(weights.dtype)
+    return weights.sum(dim=0) / weights.sum().clamp_min(1e-12)
+
+
 def next_token_loss(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
     """Mean cross-entropy over the target positions where ``loss_mask`` is 1."""
     targets = input_ids[:, 1:].masked_fill(loss_mask[:, 1:] == 0, -100)
@@ -130,6 +155,8 @@ class PackedObjective:
         coef = self._coef(config)
         metrics["aux_loss"] = float(aux.detach())
         metrics.update({f"expert_frac/{i}": float(f) for i, f in enumerate(fractions)})
+        shares = weight_shares(out.router_logits, moe[1], batch["attention_mask"])
+        metrics.update({f"expert_weight/{i}": float(w) for i, w in enumerate(shares)})
         return (lm + coef * aux if coef > 0 else lm), metrics
 
 

@@ -15,6 +15,11 @@ anchor guarantee are shared (``barkit.train.loop``):
 
 The output folder holds the checkpoint and a manifest that carries the base fingerprint of the
 input forward, so a merge can check that experts grew from the same base.
+
+:func:`run_dense_stage` runs the same stages on a DENSE model (the base or a dense stage output),
+with everything trainable by default and data from one or several domains at once: the
+building block of the baselines BAR is compared with (dense experts for BTX, BTS and weight
+averaging; monolithic and sequential retraining).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,21 +159,32 @@ def _general_texts(n: int, seed: int) -> list[str]:
 
 
 def build_objective(
-    model: Any, tokenizer: Any, cfg: StageConfig, grpo: GRPOConfig | None, domain: str, preset: str
+    model: Any,
+    tokenizer: Any,
+    cfg: StageConfig,
+    grpo: GRPOConfig | None,
+    domain: str | Sequence[str],
+    preset: str,
 ) -> tuple[Objective, dict[str, Any]]:
-    """The stage's objective over the suite's data, and a summary of that data for the manifest."""
+    """The stage's objective over the suite's data, and a summary of that data for the manifest.
+
+    ``domain`` may list several domains: each contributes the same amount of data as it would
+    alone, so a stage over k domains with k times the steps sees each domain as often as k
+    single-domain stages do (the monolithic baselines rely on this).
+    """
     from barkit.suite import draw_items, get_category
     from barkit.train.data import mix_general
     from barkit.train.objectives import LMObjective, SFTObjective
 
+    domains = [domain] if isinstance(domain, str) else list(domain)
     n_domain, n_general = _DATA_SIZES.get(preset, _DATA_SIZES["tiny"])
     general_n = n_general if cfg.general_mix > 0 else 0
     if cfg.kind == "midtrain":
-        texts = get_category(domain).text(n_domain, cfg.seed)
+        texts = [t for d in domains for t in get_category(d).text(n_domain, cfg.seed)]
         general_texts = _general_texts(general_n, cfg.seed) if general_n else []
         data = {"domain_texts": len(texts), "general_texts": len(general_texts)}
         return LMObjective.from_texts(tokenizer, cfg, texts, general_texts), data
-    items = draw_items(domain, "train", n_domain, cfg.seed)
+    items = [item for d in domains for item in draw_items(d, "train", n_domain, cfg.seed)]
     general = _general_items(general_n, cfg.seed) if general_n else []
     data = {"domain_items": len(items), "general_pool": len(general)}
     if cfg.kind in ("sft", "router"):
@@ -213,19 +230,123 @@ def run_domain_stage(
     ``add_special_tokens`` (a list; default: the tool markers at tool_use sft) and ``grpo``
     (GRPOConfig fields, rlvr only). Returns the written manifest.
     """
-    from barkit.modeling import load_model, save_model
-    from barkit.train.loop import run_stage
-    from barkit.vocab import add_special_tokens
-
     started = time.perf_counter()
     _check_domain(domain, stage)
     cfg, grpo, tokens = resolve_stage(stage, domain, preset, steps, seed, overrides)
     source = Path(branch_dir)
     parent = check_input(source, domain)
+    trained = _train(source, cfg, grpo, tokens, [domain], preset, Path(out_dir), resume, progress)
+    resolved = _resolved(cfg, grpo, tokens, preset)
+    manifest = _manifest(stage, domain, resolved, source, parent, trained, started)
+    return trained.save(Path(out_dir), manifest)
+
+
+def check_dense_input(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Refuse anything but a dense barkit model (the base or a dense stage output); return its
+    manifest with ``base_fingerprint`` filled in (a base is its own base)."""
+    import json
+
+    from barkit.families import family_of, is_moe
+
+    path = require_model_dir(folder)
+    manifest = read_manifest(path)
+    model_type = str(json.loads((path / "config.json").read_text()).get("model_type"))
+    try:
+        family = family_of(model_type)
+    except BarkitError:
+        raise ArtifactError(f"{path}: not a dense barkit model (model type {model_type!r})") from None
+    if is_moe(model_type) or manifest.get("stage") not in ("base", *DOMAIN_STAGES):
+        raise ArtifactError(
+            f"{path}: not a dense barkit model (stage {manifest.get('stage')!r}, {model_type})"
+        )
+    base = manifest.get("base_fingerprint") or manifest.get("fingerprint")
+    if not base:
+        raise ArtifactError(f"{path}: barkit.json has no fingerprint")
+    return {**manifest, "base_fingerprint": base, "family": family.name, "model_type": model_type}
+
+
+def _dense_domains(domains: str | Sequence[str], stage: StageKind) -> list[str]:
+    names = [domains] if isinstance(domains, str) else list(domains)
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"a dense stage needs distinct domains, got {names}")
+    if stage == "router":
+        raise ConfigError("a dense model has no router; the router stage needs a branch")
+    for name in names:
+        _check_domain(name, stage)
+    return names
+
+
+def run_dense_stage(
+    model_dir: str | os.PathLike[str],
+    *,
+    stage: StageKind,
+    domains: str | Sequence[str],
+    out_dir: str | os.PathLike[str],
+    preset: str = "tiny",
+    steps: int | None = None,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run one ``stage`` on a dense model over one or several ``domains``; write ``out_dir``.
+
+    Everything trains unless ``overrides["trainable"]`` says otherwise (a dense model has no
+    anchor to protect). Each domain contributes as much data as in a single-domain stage; pass
+    ``steps`` scaled by the number of domains to give each domain the same number of tokens.
+    The special tokens added are the union of the domains' defaults. Returns the manifest.
+    """
+    started = time.perf_counter()
+    names = _dense_domains(domains, stage)
+    rest = {"trainable": ["*"], **(overrides or {})}
+    cfg, grpo, tokens = resolve_stage(stage, names[0], preset, steps, seed, rest)
+    if "add_special_tokens" not in rest:
+        tokens = list(dict.fromkeys(t for d in names for t in default_special_tokens(d, stage)))
+    source = Path(model_dir)
+    parent = check_dense_input(source)
+    trained = _train(source, cfg, grpo, tokens, names, preset, Path(out_dir), resume, progress)
+    resolved = _resolved(cfg, grpo, tokens, preset)
+    manifest = _manifest(stage, "+".join(names), resolved, source, parent, trained, started)
+    manifest.update(dense=True, domains=names)
+    manifest.pop("experts")
+    return trained.save(Path(out_dir), manifest)
+
+
+class _Trained:
+    """A finished stage's model, tokenizer and bookkeeping, until it is saved."""
+
+    def __init__(
+        self, result: StageResult, tokenizer: Any, data: dict[str, Any], added: dict[str, int], work: Path
+    ):
+        self.result, self.tokenizer, self.data, self.added, self.work = result, tokenizer, data, added, work
+
+    def save(self, out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        from barkit.modeling import save_model
+
+        written = save_model(self.result.model, self.tokenizer, out, manifest)  # type: ignore[arg-type]
+        shutil.rmtree(self.work, ignore_errors=True)
+        return written
+
+
+def _train(
+    source: Path,
+    cfg: StageConfig,
+    grpo: GRPOConfig | None,
+    tokens: list[str],
+    domains: list[str],
+    preset: str,
+    out: Path,
+    resume: bool,
+    progress: bool,
+) -> _Trained:
+    """Load ``source``, add ``tokens``, build the objective over ``domains`` and train."""
+    from barkit.modeling import load_model
+    from barkit.train.loop import run_stage
+    from barkit.vocab import add_special_tokens
+
     model, tokenizer = load_model(source)
     added = dict(zip(tokens, add_special_tokens(model, tokenizer, tokens), strict=True)) if tokens else {}
-    objective, data = build_objective(model, tokenizer, cfg, grpo, domain, preset)
-    out = Path(out_dir)
+    objective, data = build_objective(model, tokenizer, cfg, grpo, domains, preset)
     work = out.parent / f".{out.name}.work"
     try:
         result = run_stage(model, tokenizer, cfg, objective, work, resume=resume, progress=progress)
@@ -234,11 +355,7 @@ def run_domain_stage(
         if not (work / "checkpoint").exists():
             shutil.rmtree(work, ignore_errors=True)
         raise
-    resolved = _resolved(cfg, grpo, tokens, preset)
-    manifest = _manifest(stage, domain, resolved, source, parent, result, data, added, started)
-    written = save_model(result.model, tokenizer, out, manifest)  # type: ignore[arg-type]
-    shutil.rmtree(work, ignore_errors=True)
-    return written
+    return _Trained(result, tokenizer, data, added, work)
 
 
 def _resolved(cfg: StageConfig, grpo: GRPOConfig | None, tokens: list[str], preset: str) -> dict[str, Any]:
@@ -254,13 +371,12 @@ def _manifest(
     resolved: dict[str, Any],
     source: Path,
     parent: dict[str, Any],
-    result: StageResult,
-    data: dict[str, Any],
-    added: dict[str, int],
+    trained: _Trained,
     started: float,
 ) -> dict[str, Any]:
     from barkit.artifacts import content_fingerprint
 
+    result = trained.result
     input_fp = str(parent.get("fingerprint") or content_fingerprint(source))
     return {
         "stage": stage,
@@ -272,8 +388,8 @@ def _manifest(
         "config_fingerprint": config_fingerprint(resolved, input_fp),
         "inputs": [{"path": str(source.resolve()), "fingerprint": input_fp, "stage": parent.get("stage")}],
         "base_fingerprint": parent["base_fingerprint"],
-        "data": data,
-        "added_tokens": added,
+        "data": trained.data,
+        "added_tokens": trained.added,
         "trainable": {k: list(v) for k, v in result.plan.per_pattern.items()},
         "tokens": result.tokens,
         "seconds": round(time.perf_counter() - started, 2),

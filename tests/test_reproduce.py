@@ -1,0 +1,179 @@
+"""``barkit reproduce --quick``: every method, ablation and upgrade built, evaluated and reported.
+
+One quick run (micro preset, one seed, two test items per category) is built per session and
+rerun once; the other tests read its artifacts. The building blocks that the run cannot check
+by its structure alone (row-wise averaging of a grown vocabulary, the top-k copy, the dense
+multi-domain stage, the cost arithmetic) are checked directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from barkit.artifacts import read_manifest
+from barkit.baselines import Budget, _row_mean, domain_plan, with_top_k
+from barkit.errors import ConfigError, IncompatibleError
+from barkit.reproduce import QUICK, reproduce
+from barkit.reproduce.run import METHODS
+from barkit.reproduce.summary import aggregate, cost_scaling
+from barkit.suite import CATEGORIES, DOMAINS
+
+
+def _ledger(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], int]:
+    out = tmp_path_factory.mktemp("reproduce")
+    result = reproduce(out, quick=True, seeds=1, progress=False, log=lambda _: None)
+    first_lines = len(_ledger(out))
+    return out, result.results, first_lines
+
+
+def test_every_method_row_and_file_is_there(run: tuple[Path, dict[str, Any], int]) -> None:
+    out, results, _ = run
+    report = (out / "report.md").read_text()
+    for method in METHODS:
+        assert f"| {method} |" in report, method
+        scores = results["per_seed"][0]["methods"][method]
+        assert set(scores) == {*CATEGORIES, "overall"}
+        assert all(0.0 <= v <= 100.0 for v in scores.values())
+    for plot in ("scores", "rewards", "routing", "cost_scaling"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000, plot
+    assert json.loads((out / "results.json").read_text())["seeds"] == 1
+    for section in (
+        "## Ablations",
+        "## Upgrades",
+        "## Cost of domain updates",
+        "## Inference cost",
+        "## What the numbers say",
+    ):
+        assert section in report, section
+
+
+def test_each_method_trained_through_the_runner(run: tuple[Path, dict[str, Any], int]) -> None:
+    out, _, _ = run
+    steps = {e["step"] for e in _ledger(out) if e["ran"]}
+    for prefix in (
+        "seed0.bar.route",
+        "seed0.flexolmo.route",
+        "seed0.monolithic_post.sft",
+        "seed0.monolithic_mid.midtrain",
+        "seed0.sequential.08_safety_sft",
+        "seed0.average.mid",
+        "seed0.btx.finetune",
+        "seed0.bts.stitch",
+        "seed0.ablations.rlvr_frozen.math",
+        "seed0.upgrades.math_rl",
+    ):
+        assert prefix in steps, prefix
+
+
+def test_rerun_skips_every_step(run: tuple[Path, dict[str, Any], int]) -> None:
+    out, _, first_lines = run
+    reproduce(out, quick=True, seeds=1, progress=False, log=lambda _: None)
+    again = _ledger(out)[first_lines:]
+    assert again and not any(e["ran"] for e in again), [e["step"] for e in again if e["ran"]]
+
+
+def test_flexolmo_freezes_shared_and_bar_does_not(run: tuple[Path, dict[str, Any], int]) -> None:
+    out, _, _ = run
+    flex = read_manifest(out / "seed0/flexolmo/experts/math/rlvr")["trainable"]
+    bar = read_manifest(out / "seed0/bar/experts/math/rlvr")["trainable"]
+    assert set(flex) == {"expert", "router"} and "*" in bar
+    frozen = read_manifest(out / "seed0/ablations/rlvr_frozen/math")
+    assert set(frozen["trainable"]) == {"expert", "router"}
+    assert frozen["metrics"]["reward_curve"], "the frozen RL run logged no rewards"
+
+
+def test_dense_multi_domain_stage(run: tuple[Path, dict[str, Any], int]) -> None:
+    out, _, _ = run
+    sft = read_manifest(out / "seed0/monolithic_post/sft")
+    assert sft["dense"] is True and sft["domains"] == list(DOMAINS)
+    assert sft["config"]["steps"] == QUICK.steps["sft"] * len(DOMAINS)
+    assert set(sft["added_tokens"]) == {"<tool_call>", "</tool_call>"}
+    assert sft["base_fingerprint"] == read_manifest(out / "base")["fingerprint"]
+    base, tuned = _weights(out / "base"), _weights(out / "seed0/monolithic_post/sft")
+    # everything trains on a dense model: every tensor the base had has moved
+    assert all(not torch.equal(base[k], tuned[k][: base[k].shape[0]]) for k in base if "norm" not in k)
+
+
+def test_top_k_copy_changes_only_the_config(run: tuple[Path, dict[str, Any], int], tmp_path: Path) -> None:
+    out, _, _ = run
+    routed = out / "seed0/bar/routed"
+    derived = out / "seed0/ablations/top_k"
+    assert json.loads((derived / "config.json").read_text())["num_experts_per_tok"] == 4
+    assert _weights(routed).keys() == _weights(derived).keys()
+    assert read_manifest(derived)["fingerprint"] != read_manifest(routed)["fingerprint"]
+    with pytest.raises(ConfigError, match="top_k=9"):
+        with_top_k(routed, tmp_path / "x", 9)
+
+
+def test_row_mean_keeps_an_added_tokens_rows() -> None:
+    narrow = torch.zeros(3, 2)
+    wide = torch.cat([torch.full((3, 2), 2.0), torch.full((2, 2), 5.0)])
+    mean = _row_mean([narrow, wide])
+    assert torch.equal(mean[:3], torch.ones(3, 2)) and torch.equal(mean[3:], torch.full((2, 2), 5.0))
+
+
+def test_average_refuses_different_bases(run: tuple[Path, dict[str, Any], int], tmp_path: Path) -> None:
+    import shutil
+
+    from barkit.baselines import average_dense
+
+    out, _, _ = run
+    a = out / "seed0/dense/math/sft"
+    other = tmp_path / "other"
+    shutil.copytree(out / "seed0/dense/safety/sft", other)
+    manifest = json.loads((other / "barkit.json").read_text())
+    (other / "barkit.json").write_text(json.dumps({**manifest, "base_fingerprint": "0" * 16}))
+    with pytest.raises(IncompatibleError, match="different bases"):
+        average_dense([a, other], tmp_path / "avg")
+
+
+def test_cost_scaling_arithmetic() -> None:
+    from barkit.recipe import builtin_recipe
+
+    recipe = builtin_recipe("default")
+    plan = domain_plan(recipe)
+    budget = Budget(preset="micro", steps={"midtrain": 2, "sft": 3, "rlvr": 1, "router": 2}, eval_limit=1)
+    ledger = [
+        {"step": "seed0.bar.route", "ran": True, "tokens": 10},
+        *({"step": f"seed0.bar.experts.{n}.sft", "ran": True, "tokens": 100} for n in recipe.experts),
+        # mono sft over 4 domains at 3 steps each: 1200 tokens = 100 per step
+        {"step": "seed0.monolithic_mid.sft", "ran": True, "tokens": 1200},
+        {"step": "seed0.monolithic_mid.midtrain", "ran": True, "tokens": 400},
+        {"step": "seed0.monolithic_mid.rlvr", "ran": True, "tokens": 20},
+    ]
+    cost = cost_scaling(ledger, plan, budget, {s.domain: n for n, s in recipe.experts.items()})
+    assert cost["bar"] == [110, 110, 110, 110]
+    # k=1 (math): midtrain 2 steps x 100/step + sft 3 x 100 + rlvr 1 x 10
+    assert cost["monolithic"][0] == 200 + 300 + 10
+    assert cost["monolithic"][-1] == 400 + 1200 + 20
+
+
+def test_aggregate_mean_and_std() -> None:
+    table = aggregate([{"m": {"a": 1.0}}, {"m": {"a": 3.0}}])
+    assert table["m"]["a"] == (2.0, pytest.approx(2**0.5))
+
+
+def test_bad_budget_and_seeds(tmp_path: Path) -> None:
+    from barkit.cli import main
+
+    with pytest.raises(ConfigError, match="router"):
+        Budget(preset="micro", steps={"midtrain": 1, "sft": 1, "rlvr": 1}, eval_limit=1)
+    assert main(["reproduce", "--out", str(tmp_path / "r"), "--seeds", "0"]) == 2
