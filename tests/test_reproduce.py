@@ -9,6 +9,7 @@ multi-domain stage, the cost arithmetic) are checked directly.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ from barkit.reproduce.run import METHODS
 from barkit.reproduce.summary import aggregate, cost_scaling
 from barkit.suite import CATEGORIES, DOMAINS
 
+# The quick run builds every method (about 80 steps at micro size): about 1.5 minutes of CPU,
+# several times that in wall time on a busy shared machine, hence the longer timeout.
+pytestmark = pytest.mark.timeout(900)
+
 
 def _ledger(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
@@ -37,11 +42,16 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], int]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, Any], int]]:
     out = tmp_path_factory.mktemp("reproduce")
-    result = reproduce(out, quick=True, seeds=1, progress=False, log=lambda _: None)
-    first_lines = len(_ledger(out))
-    return out, result.results, first_lines
+    # Micro models gain nothing from a second thread, and spinning threads slow a shared machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = reproduce(out, quick=True, seeds=1, progress=False, log=lambda _: None)
+        yield out, result.results, len(_ledger(out))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_every_method_row_and_file_is_there(run: tuple[Path, dict[str, Any], int]) -> None:

@@ -68,15 +68,33 @@ def evaluate_run(runner: Runner, result: RunResult) -> dict[str, Scores]:
         data = eval_cached(path, file, categories=categories, limit=recipe.eval.limit, seed=recipe.seed)
         table[label] = {**data["scores"], "overall": data["overall"]}
         append_ledger(runner.out, {"step": f"eval.{_slug(label)}", "seconds": round(time.perf_counter() - start, 3), "tokens": 0, "ran": True})
-    write_report(runner.out, table, result, title=f"barkit run: {recipe.name}")
+    stages = stage_scores(runner, table)
+    write_report(runner.out, table, result, title=f"barkit run: {recipe.name}", stages=stages)
     return table
+
+
+def stage_scores(runner: Runner, table: Mapping[str, Scores]) -> dict[str, dict[str, float]]:
+    """Each expert's in-domain score after each of its stages (the base's score first)."""
+    recipe = runner.recipe
+    rows: dict[str, dict[str, float]] = {}
+    for name, spec in recipe.experts.items():
+        row = {"base": table["base"][spec.domain]} if spec.domain in table.get("base", {}) else {}
+        for stage in spec.stages:
+            folder = runner.out / "experts" / name / stage.kind
+            if not (folder / "barkit.json").is_file():
+                continue
+            file = runner.out / "eval" / "stages" / f"{name}_{stage.kind}.json"
+            data = eval_cached(folder, file, categories=[spec.domain], limit=recipe.eval.limit, seed=recipe.seed)
+            row[stage.kind] = data["scores"][spec.domain]
+        rows[name] = row
+    return rows
 
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label).strip("_").lower()
 
 
-def markdown_table(table: Mapping[str, Scores], columns: Sequence[str]) -> str:
+def markdown_table(table: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:
     head = "| model | " + " | ".join(columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
     rows = [
@@ -152,13 +170,24 @@ def ledger_summary(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def write_report(out: Path, table: Mapping[str, Scores], result: RunResult, *, title: str) -> Path:
+def write_report(
+    out: Path,
+    table: Mapping[str, Scores],
+    result: RunResult,
+    *,
+    title: str,
+    stages: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
     """``report.md`` with the score table, the ledger's cost lines and the plots."""
     columns = [c for c in CATEGORIES if any(c in s for s in table.values())] + ["overall"]
     plots = out / "plots"
     plot_scores(table, columns, plots / "scores.png")
     lines = [f"# {title}", "", "Scores (0-100) on the micro-suite's test split.", "", markdown_table(table, columns), ""]
     lines += ["![scores per category](plots/scores.png)", ""]
+    if stages:
+        kinds = ["base", "midtrain", "sft", "rlvr"]
+        lines += ["## Each expert after each stage", "", "In-domain score (0-100) on the expert's own category.", ""]
+        lines += [markdown_table(stages, kinds), ""]
     if result.routed is not None and (result.routed / "routing.png").is_file():
         shutil.copy(result.routed / "routing.png", plots / "routing.png")
         lines += ["## Routing", "", "Share of each category's tokens sent to each expert after router training.", ""]

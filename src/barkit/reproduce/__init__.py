@@ -36,10 +36,18 @@ from barkit.reproduce.run import (
 QUICK = Budget(
     preset="micro", steps={"midtrain": 2, "sft": 3, "rlvr": 1, "router": 2}, eval_limit=2, base_steps=None
 )
-# The full run (>= 3 seeds in about 90 minutes on a 2-core CPU): the tiny model shape with
-# shorter stages than the demo's (see the budget section of report.md for the measurements).
+# The full run (>= 3 seeds in about 90 minutes on the shared 2-core CPU). Measured per-step
+# costs at the tiny preset there (about one core free): pretrain 6 s, midtrain 5 s, sft 9 s,
+# rlvr 73 s, router 16 s per step, eval 1.3 s per test item. One seed trains about 10 midtrain,
+# 30 sft, 16 rlvr and 7 router stages across all methods, so even 20-step tiny stages need over
+# an hour per seed. The micro shape costs 0.15-0.2 s per sft step (rlvr 9 s, eval about 1 s per
+# item of all seven categories), which buys 6-8x the demo's micro step counts within the budget:
+# about 28 minutes per seed plus a 3-minute base.
 FULL = Budget(
-    preset="tiny", steps={"midtrain": 40, "sft": 50, "rlvr": 8, "router": 30}, eval_limit=20, base_steps=300
+    preset="micro",
+    steps={"midtrain": 100, "sft": 120, "rlvr": 3, "router": 60},
+    eval_limit=16,
+    base_steps=1500,
 )
 
 

@@ -223,6 +223,25 @@ def _cost_section(out: Path, recipe: Recipe, budget: Budget, inference: Mapping[
     return lines
 
 
+def _spent(ledger: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Tokens and seconds each method's training steps took (seed 0, steps that ran)."""
+    totals: dict[str, list[float]] = {}
+    for entry in ledger:
+        parts = str(entry.get("step", "")).split(".")
+        if entry.get("ran") and len(parts) > 1 and parts[0] == "seed0":
+            total = totals.setdefault(parts[1], [0.0, 0.0])
+            total[0] += float(entry.get("tokens", 0) or 0)
+            total[1] += float(entry.get("seconds", 0) or 0)
+    lines = [
+        "### Training spent per method (seed 0, from the ledger)",
+        "",
+        "| steps under | tokens | seconds |",
+    ]
+    lines.append("|---|---:|---:|")
+    lines += [f"| {k} | {int(t):,} | {sec:.0f} |" for k, (t, sec) in totals.items()]
+    return [*lines, ""]
+
+
 def write_report(
     out: Path, results: dict[str, Any], recipe: Recipe, budget: Budget, first: SeedModels
 ) -> Path:
