@@ -187,3 +187,14 @@ def test_bad_budget_and_seeds(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="router"):
         Budget(preset="micro", steps={"midtrain": 1, "sft": 1, "rlvr": 1}, eval_limit=1)
     assert main(["reproduce", "--out", str(tmp_path / "r"), "--seeds", "0"]) == 2
+    assert main(["reproduce", "--out", str(tmp_path / "r"), "--steps", "sft=x"]) == 2
+    assert main(["reproduce", "--out", str(tmp_path / "r"), "--preset", "huge"]) == 2
+    assert not (tmp_path / "r").exists()
+
+
+def test_budget_overrides() -> None:
+    from barkit.reproduce import FULL, override_budget
+
+    budget = override_budget(FULL, preset="tiny", steps="sft=40, base=600", eval_limit=30)
+    assert budget.preset == "tiny" and budget.steps["sft"] == 40 and budget.base_steps == 600
+    assert budget.steps["rlvr"] == FULL.steps["rlvr"] and budget.eval_limit == 30

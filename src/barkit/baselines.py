@@ -274,7 +274,13 @@ def average_dense(
             raise IncompatibleError(f"{d}: tensor names differ from {dirs[0]}'s")
     model, tokenizer = loaded[widest]
     averaged = {n: _row_mean([s[n] for s in states]) for n in names}
-    model.load_state_dict(averaged, strict=False)
+    loaded_keys = model.load_state_dict(averaged, strict=False)
+    if loaded_keys.missing_keys or loaded_keys.unexpected_keys:
+        # a silently skipped tensor would leave one input's weights in the "average"
+        odd = [*loaded_keys.missing_keys, *loaded_keys.unexpected_keys]
+        raise IncompatibleError(
+            f"{dirs[widest]}: averaged tensors do not match the model ({', '.join(odd[:3])})"
+        )
     manifest = {
         "stage": "average",
         "method": "dense weight averaging",

@@ -15,12 +15,24 @@ def main(
         bool, typer.Option("--quick", help="Micro models, a few steps, 2 eval items per category (minutes).")
     ] = False,
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds per method (mean ± std in the tables).")] = 3,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="Model preset (micro, tiny, small); default: the budget's.")
+    ] = None,
+    steps: Annotated[
+        str | None,
+        typer.Option(
+            "--steps",
+            help="Per-domain steps of stage kinds, e.g. 'sft=40,rlvr=5' (kinds: midtrain, sft, rlvr, router, base).",
+        ),
+    ] = None,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Test items per category.")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars of the training stages.")] = True,
 ) -> None:
     """Build and evaluate BAR, monolithic and sequential retraining, dense averaging, BTX, FlexOlmo-style
     training and BTS on the same data and budgets; ablations, upgrades, cost; writes OUT/report.md."""
-    from barkit.reproduce import reproduce
+    from barkit.reproduce import FULL, QUICK, override_budget, reproduce
 
+    budget = override_budget(QUICK if quick else FULL, preset=preset, steps=steps, eval_limit=eval_limit)
     start = time.perf_counter()
-    result = reproduce(out, quick=quick, seeds=seeds, progress=progress)
+    result = reproduce(out, seeds=seeds, budget=budget, progress=progress)
     typer.echo(f"report: {result.report}   wall time: {(time.perf_counter() - start) / 60:.1f} min")

@@ -51,6 +51,41 @@ FULL = Budget(
 )
 
 
+def override_budget(
+    budget: Budget, *, preset: str | None = None, steps: str | None = None, eval_limit: int | None = None
+) -> Budget:
+    """``budget`` with a preset, ``"kind=N,..."`` step counts (``base`` for the base) and an eval limit."""
+    from dataclasses import replace
+
+    from barkit.presets import get_preset
+
+    table, base_steps = dict(budget.steps), budget.base_steps
+    for part in (steps or "").split(","):
+        if not part.strip():
+            continue
+        kind, sep, value = part.partition("=")
+        kind = kind.strip()
+        if not sep or not value.strip().isdigit() or int(value) < 1 or kind not in (*table, "base"):
+            raise ConfigError(
+                f"--steps {part.strip()!r}: expected KIND=N with N >= 1, KIND one of {', '.join([*table, 'base'])}"
+            )
+        if kind == "base":
+            base_steps = int(value)
+        else:
+            table[kind] = int(value)
+    if preset is not None:
+        get_preset(preset)  # an unknown preset fails here, naming the known ones
+    if eval_limit is not None and eval_limit < 1:
+        raise ConfigError(f"--eval-limit {eval_limit}: must be at least 1")
+    return replace(
+        budget,
+        preset=preset or budget.preset,
+        steps=table,
+        base_steps=base_steps,
+        eval_limit=eval_limit or budget.eval_limit,
+    )
+
+
 def _print(msg: str) -> None:
     print(msg, flush=True)
 
@@ -122,4 +157,4 @@ def method_rows() -> Sequence[str]:
     return METHODS
 
 
-__all__ = ["FULL", "QUICK", "Budget", "ReproduceResult", "method_rows", "reproduce"]
+__all__ = ["FULL", "QUICK", "Budget", "ReproduceResult", "method_rows", "override_budget", "reproduce"]

@@ -205,6 +205,7 @@ def _cost_section(out: Path, recipe: Recipe, budget: Budget, inference: Mapping[
             f"| {k + 1} | {domain} | {b[k]:,} | {m[k]:,} | {sum(b[: k + 1]):,} | {sum(m[: k + 1]):,} |"
         )
     lines += ["", "![cost scaling](plots/cost_scaling.png)", ""]
+    lines += _spent(ledger_summary(out))
     lines += [
         "## Inference cost (seed 0)",
         "",

@@ -101,11 +101,11 @@ _PRESET_TABLE: dict[str, dict[StageKind, tuple[int, int, int, int, float, int]]]
         "router": (4, 4, 1, 64, 1e-3, 0),
     },
     "tiny": {
-        "pretrain": (600, 16, 1, 256, 3e-3, 30),
-        "midtrain": (120, 16, 1, 256, 1e-3, 10),
-        "sft": (150, 16, 1, 256, 1e-3, 10),
-        "rlvr": (40, 8, 1, 256, 1e-5, 0),
-        "router": (80, 16, 1, 256, 1e-3, 5),
+        "pretrain": (600, 8, 1, 256, 6e-3, 30),
+        "midtrain": (60, 8, 1, 256, 2e-3, 5),
+        "sft": (100, 8, 1, 256, 2e-3, 10),
+        "rlvr": (20, 4, 1, 256, 5e-5, 0),
+        "router": (40, 8, 1, 256, 3e-3, 4),
     },
     "small": {
         "pretrain": (3000, 16, 2, 256, 1e-3, 100),

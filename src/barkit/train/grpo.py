@@ -63,7 +63,7 @@ class GRPOConfig(BaseModel):
 
 
 # (group_size, max_new_tokens) per model preset.
-_PRESET_SAMPLING: dict[str, tuple[int, int]] = {"micro": (4, 16), "tiny": (4, 64), "small": (8, 96)}
+_PRESET_SAMPLING: dict[str, tuple[int, int]] = {"micro": (4, 16), "tiny": (4, 48), "small": (8, 96)}
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
