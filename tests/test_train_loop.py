@@ -185,3 +185,12 @@ def test_weight_shares_follow_the_router_when_all_experts_are_selected() -> None
     shares = weight_shares(logits, 2, torch.tensor([[1, 1, 0]]))
     expected = torch.softmax(torch.tensor([2.0, 0.0]), dim=0)
     assert torch.allclose(shares, expected)
+
+
+def test_next_token_loss_is_zero_not_nan_without_targets() -> None:
+    logits = torch.randn(2, 5, 11, requires_grad=True)
+    ids = torch.randint(0, 11, (2, 5))
+    loss = next_token_loss(logits, ids, torch.zeros(2, 5, dtype=torch.long))
+    assert float(loss) == 0.0
+    loss.backward()
+    assert logits.grad is not None and not torch.isnan(logits.grad).any()

@@ -24,6 +24,10 @@ _DATA_SIZES: dict[str, tuple[int, int]] = {"micro": (120, 60), "tiny": (4000, 20
 # Suite items per category the tokenizer learns from (1000 stays within every category's
 # distinct-item limit; micro uses fewer so the test-sized base trains in seconds).
 _TOKENIZER_SAMPLE = {"micro": 200, "tiny": 1000, "small": 1000}
+# Knowledge questions are a closed set of facts that must be memorised, unlike reasoning and
+# chat items, which are generated fresh; repeating them (5x at tiny) raised the tiny base's
+# knowledge score from 4 to 18 at the same token budget (600 steps, lr 1e-2, 8 x 256).
+_KNOWLEDGE_REPEATS = {"micro": 1, "tiny": 5, "small": 3}
 
 
 def _items_up_to(name: str, want: int, seed: int) -> list[Any]:
@@ -51,7 +55,9 @@ def general_data(preset: str, seed: int) -> tuple[list[str], list[list[dict[str,
         category = get_category(name)
         if category.has_text:
             texts.extend(category.text(n_texts, seed))
-        conversations.extend(item.messages() for item in _items_up_to(name, n_items, seed))
+        # Whole-list repeats, so that copies of one question land in different packed rows.
+        repeats = _KNOWLEDGE_REPEATS[preset] if name == "knowledge" else 1
+        conversations.extend([item.messages() for item in _items_up_to(name, n_items, seed)] * repeats)
     return texts, conversations
 
 

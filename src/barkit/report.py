@@ -153,13 +153,12 @@ def plot_rewards(curves: Mapping[str, Sequence[float]], path: Path) -> None:
 
 
 def reward_curves(out: Path) -> dict[str, list[float]]:
-    """Reward curves of every expert's rlvr stage in a run folder (from its metrics.jsonl)."""
+    """Reward curves of every expert's rlvr stage in a run folder (from its manifest)."""
     curves: dict[str, list[float]] = {}
-    for metrics in sorted(out.glob("experts/*/rlvr/metrics.jsonl")):
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        values = [float(r["reward_mean"]) for r in rows if "reward_mean" in r]
+    for manifest in sorted(out.glob("experts/*/rlvr/barkit.json")):
+        values = json.loads(manifest.read_text()).get("metrics", {}).get("reward_curve") or []
         if values:
-            curves[metrics.parent.parent.name] = values
+            curves[manifest.parent.parent.name] = [float(v) for v in values]
     return curves
 
 

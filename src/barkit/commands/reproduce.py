@@ -26,11 +26,27 @@ def main(
         ),
     ] = None,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Test items per category.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            help="CPU threads for torch (default: torch's). 1 is fastest for micro models on a busy machine.",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars of the training stages.")] = True,
 ) -> None:
     """Build and evaluate BAR, monolithic and sequential retraining, dense averaging, BTX, FlexOlmo-style
     training and BTS on the same data and budgets; ablations, upgrades, cost; writes OUT/report.md."""
+    from barkit.errors import ConfigError
     from barkit.reproduce import FULL, QUICK, override_budget, reproduce
+
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads {threads}: must be at least 1")
+        import torch
+
+        # Oversubscribed OpenMP threads spin; on a shared 2-core machine a micro stage ran ~50x slower.
+        torch.set_num_threads(threads)
 
     budget = override_budget(QUICK if quick else FULL, preset=preset, steps=steps, eval_limit=eval_limit)
     start = time.perf_counter()

@@ -101,7 +101,7 @@ _PRESET_TABLE: dict[str, dict[StageKind, tuple[int, int, int, int, float, int]]]
         "router": (4, 4, 1, 64, 1e-3, 0),
     },
     "tiny": {
-        "pretrain": (600, 8, 1, 256, 6e-3, 30),
+        "pretrain": (600, 8, 1, 256, 1e-2, 30),
         "midtrain": (60, 8, 1, 256, 2e-3, 5),
         "sft": (100, 8, 1, 256, 2e-3, 10),
         "rlvr": (20, 4, 1, 256, 5e-5, 0),
@@ -142,7 +142,8 @@ def default_stage(kind: StageKind, preset: str, **overrides: object) -> StageCon
         "seq_len": seq_len,
         "optim": OptimConfig(lr=lr, warmup_steps=warmup, weight_decay=0.0 if kind == "router" else 0.01),
         "general_mix": _GENERAL_MIX[kind],
-        "log_every": 1 if preset == "micro" else 10,
+        # RL logs every step: its reward curve is a result, not a diagnostic.
+        "log_every": 1 if preset == "micro" or kind == "rlvr" else 10,
     }
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return validate_stage(fields)

@@ -119,6 +119,10 @@ def weight_shares(router_logits: Sequence[Tensor], top_k: int, mask: Tensor | No
 def next_token_loss(logits: Tensor, input_ids: Tensor, loss_mask: Tensor) -> Tensor:
     """Mean cross-entropy over the target positions where ``loss_mask`` is 1."""
     targets = input_ids[:, 1:].masked_fill(loss_mask[:, 1:] == 0, -100)
+    if not bool((targets != -100).any()):
+        # No target in the batch (e.g. every answer truncated away): a zero loss that keeps
+        # the graph, instead of cross_entropy's NaN mean over nothing.
+        return logits.sum() * 0.0
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
 
 

@@ -405,6 +405,10 @@ def _metrics(result: StageResult) -> dict[str, Any]:
         (int(k.rsplit("/", 1)[1]), v) for k, v in summary.items() if k.startswith("mean_expert_frac/")
     )
     summary["expert_fractions"] = [v for _, v in fractions]
+    weights = sorted(
+        (int(k.rsplit("/", 1)[1]), v) for k, v in summary.items() if k.startswith("mean_expert_weight/")
+    )
+    summary["expert_weights"] = [v for _, v in weights]
     curve = [h["reward_mean"] for h in result.history if "reward_mean" in h]
     if curve:
         summary["reward_curve"] = curve
