@@ -16,20 +16,13 @@ from barkit.suite import CATEGORIES, get_category
 from barkit.suite.export import export_jsonl, records
 
 
-def _category_or_skip(name: str):
-    try:
-        return get_category(name)
-    except ModuleNotFoundError as e:
-        pytest.skip(f"category module for {name!r} is not written yet ({e})")
-
-
 def _load(path: Path):
     return load_dataset("json", data_files=str(path), split="train")
 
 
 @pytest.mark.parametrize("name", CATEGORIES)
 def test_export_sft_and_rl_load_with_datasets(name: str, tmp_path: Path):
-    category = _category_or_skip(name)
+    category = get_category(name)
     sft, rl = tmp_path / "sft.jsonl", tmp_path / "rl.jsonl"
     assert export_jsonl(name, "train", "sft", sft, n=12, seed=1) == 12
     assert export_jsonl(name, "test", "rl", rl, n=12, seed=1) == 12
@@ -54,7 +47,7 @@ def test_export_sft_and_rl_load_with_datasets(name: str, tmp_path: Path):
 
 @pytest.mark.parametrize("name", CATEGORIES)
 def test_export_text_or_a_clear_refusal(name: str, tmp_path: Path):
-    category = _category_or_skip(name)
+    category = get_category(name)
     out = tmp_path / "text.jsonl"
     if category.has_text:
         export_jsonl(name, "train", "text", out, n=5)
