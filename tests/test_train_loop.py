@@ -194,3 +194,30 @@ def test_next_token_loss_is_zero_not_nan_without_targets() -> None:
     assert float(loss.detach()) == 0.0
     loss.backward()
     assert logits.grad is not None and not torch.isnan(logits.grad).any()
+
+
+def test_shared_lr_scale_slows_only_shared_tensors(tmp_path) -> None:
+    """With shared_lr_scale, an MoE's shared tensors get the scaled rate; experts and router the full one."""
+    from barkit.families import family_of
+
+    model = moe_model("olmo2")
+    cfg = StageConfig(
+        kind="sft",
+        steps=1,
+        batch_size=2,
+        seq_len=32,
+        trainable=["*"],
+        optim=OptimConfig(lr=1e-2, shared_lr_scale=0.1, grad_clip=None),
+    )
+    result = run_stage(model, None, cfg, PackedObjective(random_rows(8), 2, 0), tmp_path, progress=False)
+    del result
+    from barkit.train.loop import _optimizer
+
+    opt, _ = _optimizer(model, cfg.optim)
+    family = family_of(model)
+    scales = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = 1.0 if family.tensor_group(name) in ("expert", "router") else 0.1
+        assert scales[id(p)] == expected, name
+    assert default_stage("sft", "tiny").optim.shared_lr_scale == 0.1
+    assert default_stage("midtrain", "tiny").optim.shared_lr_scale == 1.0

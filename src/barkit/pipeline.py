@@ -117,6 +117,18 @@ def _stage_overrides(spec: StageSpec) -> dict[str, Any]:
     return overrides
 
 
+def _resolved_stage(stage: StageSpec, domain: str, recipe: Recipe, overrides: dict[str, Any]) -> Any:
+    """The stage's fully resolved configuration: a changed default rebuilds it, as it should."""
+    from barkit.train.stages import resolve_stage
+
+    cfg, grpo, tokens = resolve_stage(stage.kind, domain, recipe.preset, stage.steps, recipe.seed, overrides)
+    return {
+        "stage": cfg.model_dump(mode="json"),
+        "grpo": grpo.model_dump(mode="json") if grpo is not None else None,
+        "add_special_tokens": tokens,
+    }
+
+
 def build_base(runner: Runner) -> Path:
     recipe = runner.recipe
     if recipe.base.path is not None:
@@ -124,8 +136,15 @@ def build_base(runner: Runner) -> Path:
         read_manifest(path)  # an external base must carry barkit.json (run `barkit branch` to see why)
         return path
     from barkit.base import train_base
+    from barkit.presets import get_preset
+    from barkit.train.config import default_stage
 
-    cfg = {"arch": recipe.base.arch, "preset": recipe.preset, "steps": recipe.base.steps, "seed": recipe.seed}
+    resolved = default_stage("pretrain", recipe.preset, steps=recipe.base.steps, seed=recipe.seed)
+    cfg = {
+        "arch": recipe.base.arch,
+        "model": get_preset(recipe.preset).to_dict(),
+        "stage": resolved.model_dump(mode="json"),
+    }
     return runner.step(
         "base",
         "base",
@@ -155,9 +174,7 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Pat
             "kind": stage.kind,
             "domain": spec.domain,
             "preset": recipe.preset,
-            "steps": stage.steps,
-            "seed": recipe.seed,
-            "overrides": overrides,
+            "resolved": _resolved_stage(stage, spec.domain, recipe, overrides),
         }
         previous = current
 
@@ -199,7 +216,10 @@ def build_route(runner: Runner, merged: Path) -> Path:
     from barkit.route import route
 
     recipe = runner.recipe
-    cfg = {"sample": recipe.route.sample, "steps": recipe.route.steps, "preset": recipe.preset, "seed": recipe.seed}
+    from barkit.train.config import default_stage
+
+    resolved = default_stage("router", recipe.preset, steps=recipe.route.steps, seed=recipe.seed)
+    cfg = {"sample": recipe.route.sample, "preset": recipe.preset, "stage": resolved.model_dump(mode="json")}
     return runner.step(
         "route",
         "routed",
