@@ -134,14 +134,14 @@ _GENERAL_MIX: dict[StageKind, float] = {
 }
 
 
-# SFT unfreezes embeddings and LM head; at tiny scale, training them at the expert's rate put
-# most of an expert's behaviour there, and averaging them over N experts in the merge divided it
-# by N (the demo's safety expert: 66 alone, 0 merged). A tenth of the rate keeps the behaviour
-# in the expert FFN, which the merge keeps intact.
+# Learning-rate multiplier for an MoE's shared tensors, per kind. BAR trains them at the same
+# rate; 0.1 at SFT was tried on the tiny demo to keep behaviour in the expert FFN (which the
+# merge keeps intact) and did not help: the safety expert fell from 66 to 26 and still scored 0
+# once merged (docs/results/README.md). Kept as an option (OptimConfig.shared_lr_scale).
 _SHARED_LR_SCALE: dict[StageKind, float] = {
     "pretrain": 1.0,
     "midtrain": 1.0,
-    "sft": 0.1,
+    "sft": 1.0,
     "rlvr": 1.0,
     "router": 1.0,
 }
