@@ -59,7 +59,10 @@ _LAUNCHER = r"""
 import json, os, resource, sys
 _cfg = json.loads(sys.argv[1])
 for _name, _value in _cfg["limits"].items():
-    resource.setrlimit(getattr(resource, _name), (_value, _value))
+    # CPU: the hard limit one second above the soft one, so the kernel's SIGXCPU (a reason we
+    # can name) arrives before its SIGKILL at the hard limit.
+    _hard = _value + 1 if _name == "RLIMIT_CPU" else _value
+    resource.setrlimit(getattr(resource, _name), (_value, _hard))
 if _cfg["uid"] is not None:
     os.setgroups([])
     os.setgid(_cfg["gid"])
