@@ -131,8 +131,15 @@ def plot_scores(table: Mapping[str, Scores], columns: Sequence[str], path: Path)
     plt.close(fig)
 
 
-def plot_rewards(curves: Mapping[str, Sequence[float]], path: Path) -> None:
-    """RL reward per step, one line per expert."""
+def plot_rewards(
+    curves: Mapping[str, Sequence[float]],
+    path: Path,
+    *,
+    title: str = "RLVR reward",
+    xlabel: str = "RL step",
+    styles: Mapping[str, str] | None = None,
+) -> None:
+    """RL reward per step, one line per label (``styles`` gives a line style per label)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,12 +147,13 @@ def plot_rewards(curves: Mapping[str, Sequence[float]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for name, values in curves.items():
-        ax.plot(range(1, len(values) + 1), values, label=name)
-    ax.set_xlabel("RL step")
+        style = (styles or {}).get(name, "-")
+        ax.plot(range(1, len(values) + 1), values, style, marker=".", label=name)
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mean reward")
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=8)
-    ax.set_title("RLVR reward")
+    ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

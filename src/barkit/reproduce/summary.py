@@ -144,24 +144,21 @@ def plot_cost(cost: Mapping[str, Any], path: Path) -> None:
 
 def plot_reward_ablation(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path) -> None:
     """Reward per RL step, unfrozen (BAR) against frozen shared parameters, seed 0."""
-    import matplotlib
+    from barkit.report import plot_rewards
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    lines: dict[str, Sequence[float]] = {}
+    styles: dict[str, str] = {}
     for setting, style in (("unfrozen", "-"), ("frozen", "--")):
         for name, values in curves.get(setting, {}).items():
-            ax.plot(range(1, len(values) + 1), values, style, marker=".", label=f"{name}, shared {setting}")
-    ax.set_xlabel("logged RL step")
-    ax.set_ylabel("mean reward")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
-    ax.set_title("RLVR reward: all parameters vs shared parameters frozen")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            label = f"{name}, shared {setting}"
+            lines[label], styles[label] = values, style
+    plot_rewards(
+        lines,
+        path,
+        title="RLVR reward: all parameters vs shared parameters frozen",
+        xlabel="logged RL step",
+        styles=styles,
+    )
 
 
 # ----------------------------------------------------------------------------- findings
