@@ -254,6 +254,34 @@ def test_weighted_and_anchor_policies(world: dict[str, Any]) -> None:
         plan_merge([d["math"]], shared="anchor")
 
 
+def test_sum_policy_keeps_every_branch_change_whole(world: dict[str, Any]) -> None:
+    """Task arithmetic: base + sum of each branch's change, new-token rows still copied."""
+    d = world["dirs"]
+    out = world["root"] / "summed"
+    merge([d["math"], d["tools"], d["think"]], out, shared="sum", base_dir=d["base"], progress=False)
+    got, base = _tensors(out), _tensors(d["base"])
+    branches = [_tensors(d[k]) for k in ("math", "tools", "think")]
+    rows = len(world["tok"])
+    for name in ("model.layers.0.self_attn.k_proj.weight", "model.norm.weight", "lm_head.weight"):
+        b0 = base[name][:rows].double()
+        expected = b0 + sum(b[name][:rows].double() - b0 for b in branches)
+        assert torch.allclose(got[name][:rows].double(), expected, atol=1e-6), name
+        # Each branch's change survives at full size, not divided by three as the mean does.
+        assert not torch.allclose(got[name][:rows], torch.stack([b[name][:rows] for b in branches]).mean(0))
+    tools, ttok = branches[1], AutoTokenizer.from_pretrained(d["tools"])
+    mtok = AutoTokenizer.from_pretrained(out)
+    row = got["model.embed_tokens.weight"][mtok.convert_tokens_to_ids("<tool_call>")]
+    assert torch.equal(row, tools["model.embed_tokens.weight"][ttok.convert_tokens_to_ids("<tool_call>")])
+    assert read_manifest(out)["config"]["base"] == str(d["base"])
+    with pytest.raises(ConfigError, match="'sum' needs --base"):
+        plan_merge([d["math"]], shared="sum")
+    # One branch: the sum is that branch's shared tensors.
+    one = world["root"] / "summed-one"
+    merge([d["math"]], one, shared="sum", base_dir=d["base"], progress=False)
+    name = "model.layers.1.self_attn.o_proj.weight"
+    assert torch.equal(_tensors(one)[name], branches[0][name])
+
+
 def _assert_refused(world: dict[str, Any], inputs: list[Path], exc: type[Exception], names: Path) -> None:
     out = world["root"] / "refused"
     with pytest.raises(exc) as info:

@@ -157,11 +157,14 @@ def test_reasoning_values_disjoint_except_world_lookups() -> None:
     assert len(test) > 100 and not train & test
 
 
-def test_chat_test_words_unseen_in_train() -> None:
-    assert not set(chat.WORDS["train"]) & set(chat.WORDS["test"])
-    for item in _items("chat", "test", 300):
+def test_chat_splits_share_words_but_not_phrasings() -> None:
+    # One vocabulary for both splits (a test word's spelling must be learnable); the prompts of
+    # the two splits never coincide, because their instruction templates are disjoint.
+    train, test = _items("chat", "train", 600), _items("chat", "test", 300)
+    for item in test:
         if item.meta["task"] in ("reverse", "join", "upper"):
-            assert set(re.split(r"[ -]", item.answer.lower())) <= set(chat.WORDS["test"])
+            assert set(re.split(r"[ -]", item.answer.lower())) <= set(chat.ALL_WORDS)
+    assert not {i.prompt for i in train} & {i.prompt for i in test}
 
 
 def test_knowledge_splits_ask_the_same_facts_of_one_world() -> None:
@@ -201,7 +204,12 @@ def test_reference_scores_one_and_another_answer_zero(name: str, split: str) -> 
     for k, item in enumerate(items):
         assert category.score(item, item.answer) == 1.0, item
         assert category.score(item, f"  {item.answer}.  ") == 1.0, item
-        other = next(o for o in items[k + 1 :] + items[:k] if o.answer != item.answer)
+        # Two worked math answers can differ and still end in the same result: not "another answer".
+        other = next(
+            o
+            for o in items[k + 1 :] + items[:k]
+            if o.answer != item.answer and (name != "math" or o.meta["result"] != item.meta["result"])
+        )
         if name == "safety" and item.meta["harmful"] == other.meta["harmful"] and item.meta["harmful"]:
             continue  # any refusal is right for any harmful request
         if (

@@ -219,5 +219,5 @@ def test_shared_lr_scale_slows_only_shared_tensors(tmp_path) -> None:
     for name, p in model.named_parameters():
         expected = 1.0 if family.tensor_group(name) in ("expert", "router") else 0.1
         assert scales[id(p)] == expected, name
-    assert default_stage("sft", "tiny").optim.shared_lr_scale == 1.0  # BAR's setting
+    assert default_stage("sft", "tiny").optim.shared_lr_scale == 0.1  # small-model deviation, see config
     assert default_stage("midtrain", "tiny").optim.shared_lr_scale == 1.0

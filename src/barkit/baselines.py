@@ -441,7 +441,7 @@ def bar_pipeline(ctx: Context, recipe: Recipe, prefix: str) -> BarRun:
         build_expert(scoped, name, spec, ctx.base)
         folder = artifact_path(scoped, f"experts/{name}")
         run.stages[name] = {s.kind: folder / s.kind for s in spec.stages}
-    run.merged = build_merge(scoped, run.experts)
+    run.merged = build_merge(scoped, run.experts, ctx.base)
     run.routed = build_route(scoped, run.merged)
     return run
 

@@ -3,8 +3,9 @@
 A BAR merge takes N branch folders (2-expert MoEs grown from one base) and writes one MoE
 with 1+N experts: expert 0 is the anchor, expert k is branch k's expert 1, and router rows
 are taken the same way. Shared tensors (embeddings, LM head, attention, norms) that the
-branches let diverge are combined by a policy (``mean``, ``weighted``, ``anchor``), per
-tensor through glob overrides. Special tokens that experts added are unioned into one
+branches let diverge are combined by a policy (``mean``, ``weighted``, ``anchor``, ``sum``),
+per tensor through glob overrides. ``sum`` is task arithmetic: the base plus every branch's
+change to the base, so no branch's change is divided by the number of branches. Special tokens that experts added are unioned into one
 vocabulary; a new token's rows come only from the experts that have it.
 
 Everything is planned before anything is written: the plan lists, for every output tensor,
@@ -62,7 +63,7 @@ from barkit.families import Family, family_of
 if TYPE_CHECKING:
     import torch
 
-SharedPolicy = Literal["mean", "weighted", "anchor"]
+SharedPolicy = Literal["mean", "weighted", "anchor", "sum"]
 RouterInit = Literal["random", "zeros"]
 POLICIES: tuple[str, ...] = get_args(SharedPolicy)
 SHARED_GROUPS = ("embeddings", "lm_head", "attention", "norms")
@@ -734,6 +735,15 @@ def _shared_sources(
         if name not in base.tensors:
             raise IncompatibleError(f"{base.path}: base has no tensor {name}")
         return (Source(base.tensors[name], name),)
+    if policy == "sum":
+        # base + sum_i (branch_i - base): the branches at weight 1, the base at 1 - n. The
+        # weights add up to 1, so the writer's division by their sum leaves the sum unchanged.
+        if base is None:
+            raise ConfigError(f"tensor {name}: shared policy 'sum' needs --base DIR (the branches' base)")
+        if name not in base.tensors:
+            raise IncompatibleError(f"{base.path}: base has no tensor {name}")
+        own = tuple(Source(inp.tensors[name], name) for inp in inputs)
+        return (*own, Source(base.tensors[name], name, weight=1.0 - len(inputs)))
     if policy == "weighted":
         if weights is None:
             raise ConfigError("shared policy 'weighted' needs --weights (one per input)")
@@ -801,6 +811,11 @@ def _resolve_top_k(top_k: int | None, experts: int) -> int:
     if not 1 <= top_k <= experts:
         raise ConfigError(f"--top-k {top_k}: must be between 1 and the number of experts ({experts})")
     return top_k
+
+
+def needs_base(shared: str, overrides: Mapping[str, str] | None = None) -> bool:
+    """Whether a merge with this policy (and these per-tensor overrides) reads the base's tensors."""
+    return any(p in ("anchor", "sum") for p in (shared, *(overrides or {}).values()))
 
 
 def _check_weights(weights: Sequence[float] | None, n: int, shared: str) -> list[float] | None:

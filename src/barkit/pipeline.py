@@ -65,7 +65,10 @@ class Runner:
     def step(self, name: str, rel: str, config: Any, inputs: list[Path], build: Callable[[Path], Any]) -> Path:
         """Build ``out/rel`` with ``build(path)`` unless it already holds this key."""
         path = self.out / rel
-        key = config_fingerprint(config, [read_manifest(p).get("fingerprint") for p in inputs])
+        from barkit.suite import SUITE_VERSION
+
+        keyed = {"config": config, "suite_version": SUITE_VERSION}
+        key = config_fingerprint(keyed, [read_manifest(p).get("fingerprint") for p in inputs])
         manifest = _manifest_or_none(path)
         if manifest is not None and manifest.get("recipe_key") == key:
             self.log(f"[skip] {name}: up to date ({path})")
@@ -195,21 +198,29 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Pat
     return current
 
 
-def build_merge(runner: Runner, experts: dict[str, Path]) -> Path:
-    from barkit.merge import merge
+def build_merge(runner: Runner, experts: dict[str, Path], base: Path) -> Path:
+    from barkit.merge import needs_base
 
     spec = runner.recipe.merge
     cfg = spec.model_dump(mode="json")
     dirs = list(experts.values())
-    return runner.step(
-        "merge",
-        "merged",
-        cfg,
-        dirs,
-        lambda p: merge(
-            dirs, p, shared=spec.shared, weights=spec.weights, overrides=dict(spec.overrides), top_k=spec.top_k
-        ),
-    )
+    base_dir = base if needs_base(spec.shared, spec.overrides) else None
+    inputs = [*dirs, base] if base_dir is not None else dirs
+
+    def build(p: Path) -> None:
+        from barkit.merge import merge
+
+        merge(
+            dirs,
+            p,
+            shared=spec.shared,
+            weights=spec.weights,
+            base_dir=base_dir,
+            overrides=dict(spec.overrides),
+            top_k=spec.top_k,
+        )
+
+    return runner.step("merge", "merged", cfg, inputs, build)
 
 
 def build_route(runner: Runner, merged: Path) -> Path:
@@ -248,7 +259,7 @@ def run_recipe(
     for name in selected:
         result.experts[name] = build_expert(runner, name, recipe.experts[name], base)
     if only is None:
-        result.merged = build_merge(runner, result.experts)
+        result.merged = build_merge(runner, result.experts, base)
         result.routed = build_route(runner, result.merged)
         if evaluate:
             from barkit.report import evaluate_run

@@ -18,7 +18,7 @@ from barkit.errors import ConfigError
 
 StageName = Literal["midtrain", "sft", "rlvr"]
 Preset = Literal["micro", "tiny", "small"]
-SharedPolicy = Literal["mean", "weighted", "anchor"]
+SharedPolicy = Literal["mean", "weighted", "anchor", "sum"]
 
 
 class _Strict(BaseModel):

@@ -65,6 +65,7 @@ def upgrade(
         merged,
         shared=config.get("shared") or "mean",
         weights=config.get("weights"),
+        base_dir=config.get("base"),
         overrides=config.get("overrides") or {},
         top_k=config.get("top_k"),
         progress=progress,

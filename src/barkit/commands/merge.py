@@ -17,13 +17,15 @@ def main(
         bool, typer.Option("--dry-run", help="Check the inputs and print the plan; write nothing.")
     ] = False,
     shared: Annotated[
-        str, typer.Option(help="Policy for diverged shared tensors: mean, weighted or anchor.")
+        str, typer.Option(help="Policy for diverged shared tensors: mean, weighted, anchor (the base's) or sum "
+            "(task arithmetic: base + every branch's change; needs --base)."
+        )
     ] = "mean",
     weights: Annotated[
         Optional[str], typer.Option(help="Weights per input for --shared weighted, e.g. 0.5,0.3,0.2.")
     ] = None,
     base: Annotated[
-        Optional[Path], typer.Option(help="The branches' base folder (needed by --shared anchor).")
+        Optional[Path], typer.Option(help="The branches' base folder (needed by --shared anchor and sum).")
     ] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Experts per token (default: all).")] = None,
     max_shard_size: Annotated[

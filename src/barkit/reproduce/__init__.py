@@ -36,19 +36,18 @@ from barkit.reproduce.run import (
 QUICK = Budget(
     preset="micro", steps={"midtrain": 2, "sft": 3, "rlvr": 1, "router": 2}, eval_limit=2, base_steps=None
 )
-# The full run (>= 3 seeds in about 90 minutes on the shared 2-core CPU). Measured per-step
-# costs at the tiny preset there (about one core free): pretrain 6 s, midtrain 5 s, sft 9 s,
-# rlvr 73 s, router 16 s per step, eval 1.3 s per test item. One seed trains about 10 midtrain,
-# 30 sft, 16 rlvr and 7 router stages across all methods, so even 20-step tiny stages need over
-# an hour per seed. The micro shape costs 0.15-0.2 s per sft step (rlvr 9 s, eval about 1 s per
-# item of all seven categories), which buys 6-8x the demo's micro step counts within the budget.
-# Measured for this budget with one torch thread (--threads 1): about 6 minutes of training and
-# 2 of evaluation per seed, under 30 minutes for 3 seeds; scores at micro size sit near the floor.
+# The full run: 3 seeds at the tiny preset within about 90 minutes on the 2-core CPU with one
+# torch thread (--threads 1, leaving the other core free). Measured on an idle machine with two
+# threads: dense pretrain about 5 steps/s, a branch's SFT about 3.2 steps/s, evaluation about
+# 5 s per model at 50 items per category. One seed trains about 9 midtrain, 27 sft, 16 rlvr
+# and 6 router-type stages across all methods, so SFT dominates; 80 SFT steps per stage keep a
+# seed near 20 minutes on one thread. (An earlier version ran at micro size because it timed
+# two 2-thread processes sharing the 2 cores, which ran up to 20x slower than one.)
 FULL = Budget(
-    preset="micro",
-    steps={"midtrain": 100, "sft": 120, "rlvr": 3, "router": 60},
-    eval_limit=16,
-    base_steps=1500,
+    preset="tiny",
+    steps={"midtrain": 40, "sft": 80, "rlvr": 6, "router": 30},
+    eval_limit=20,
+    base_steps=1000,
 )
 
 

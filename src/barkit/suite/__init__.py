@@ -16,6 +16,12 @@ from barkit.suite.base import (
     Split,
 )
 
+# Bumped whenever a generator's items change (templates, value ranges, word lists): it is part
+# of every pipeline step's key, so a run folder built on older data rebuilds instead of
+# silently mixing artifacts trained on two versions of the suite.
+# 2: chat shares one word list between splits; math uses two-digit operands.
+SUITE_VERSION = 2
+
 # category name -> module under barkit.suite that defines ``CATEGORY``
 _MODULES = {
     "knowledge": "knowledge",
@@ -45,6 +51,7 @@ def draw_items(name: str, split: Split, n: int, seed: int = 0) -> list[Item]:
 
 
 __all__ = [
+    "SUITE_VERSION",
     "draw_items",
     "ANSWER_MARKER",
     "CATEGORIES",

@@ -3,7 +3,12 @@
 Tasks: upper-case a phrase, reverse the order of words, repeat a word n times, count the letters
 of a word, give the first letter of each word, join words with dashes. The verifier checks the
 constraint itself, so any completion that satisfies it scores (for example "lamp, lamp" as well
-as "lamp lamp"). Train and test use disjoint instruction phrasings and disjoint word lists.
+as "lamp lamp"). Train and test use disjoint instruction phrasings over one shared word list:
+a test item is a new phrasing of an instruction on a new combination of known words.
+
+The word list is shared on purpose. With disjoint lists, upper-casing, counting letters and
+taking initials of a test word needed the spelling of a subword token the model had never
+seen spelled, which no amount of training teaches; the tiny base scored 0 on chat that way.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ TEMPLATES: dict[str, dict[Split, tuple[str, ...]]] = {
 }
 TASKS = tuple(TEMPLATES)
 
-# Disjoint vocabularies, so a test phrase is never a memorised training string.
+# Two halves of one vocabulary, kept apart only for their history; both splits draw from ALL_WORDS.
 WORDS: dict[Split, tuple[str, ...]] = {
     "train": tuple(
         [
@@ -181,11 +186,13 @@ WORDS: dict[Split, tuple[str, ...]] = {
         ]
     ),
 }
+ALL_WORDS: tuple[str, ...] = WORDS["train"] + WORDS["test"]
 _INITIALS_NOISE = re.compile(r"[\s,.\-]+")
 
 
 def _phrase(rng: random.Random, split: Split, low: int, high: int) -> list[str]:
-    return rng.sample(WORDS[split], rng.randint(low, high))
+    del split  # both splits share the vocabulary; see the module docstring
+    return rng.sample(ALL_WORDS, rng.randint(low, high))
 
 
 def _check_upper(item: Item, completion: str) -> bool:
@@ -244,8 +251,8 @@ class Chat(Category):
     def _draw(self, rng: random.Random, split: Split) -> Item:
         task = rng.choice(TASKS)
         template = rng.choice(TEMPLATES[task][split])
-        phrase = _phrase(rng, split, 2, 4)
-        word, k = phrase[0], rng.randint(2, 6)
+        phrase = _phrase(rng, split, 2, 3)
+        word, k = phrase[0], rng.randint(2, 4)
         answer, meta = _reference(task, phrase, word, k)
         prompt = template.format(phrase=" ".join(phrase), w=word, k=k)
         meta |= {"task": task, "template": template_id(f"chat/{task}", template)}

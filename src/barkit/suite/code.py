@@ -29,15 +29,21 @@ from barkit.suite.base import Category, Item, Split, rng_for
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 WORDS = ("cat", "tree", "house", "river", "sun", "apple", "road", "stone", "bird", "lamp", "moon", "green")
 
-# Prompt frames: the first three are train phrasings, the last two test phrasings.
-FRAMES = (
+# Prompt frames. Six train phrasings, so that a small model keys on the backticked signature
+# and the spec rather than on one sentence shape; the two test phrasings are never trained on.
+TRAIN_FRAMES = (
     "Write a function `{sig}` that {spec}.",
     "Define a Python function `{sig}` which {spec}.",
     "Implement `{sig}` so that it {spec}.",
+    "I need a function `{sig}` that {spec}.",
+    "Give me a Python function `{sig}` which {spec}.",
+    "Write `{sig}`; it {spec}.",
+)
+TEST_FRAMES = (
     "Create a function named `{sig}` that {spec}.",
     "Please write `{sig}`: it {spec}.",
 )
-TRAIN_FRAMES, TEST_FRAMES = FRAMES[:3], FRAMES[3:]
+FRAMES = TRAIN_FRAMES + TEST_FRAMES
 
 
 @dataclass(frozen=True)

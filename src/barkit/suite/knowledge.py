@@ -1,6 +1,9 @@
 """Knowledge: questions about the facts of the synthetic world (:mod:`barkit.suite.world`).
 
-Train and test ask about the same facts through disjoint question templates; ``text`` describes
+Train and test ask about the same facts through disjoint question templates (nine train
+phrasings per fact kind, so that a small model learns to key on the attribute word rather than
+on one sentence shape: with five, the tiny base answered 100% of train questions and 28% of
+test ones); ``text`` describes
 the world in yet other sentence forms, so a model that learns the facts from any source can
 answer a paraphrase it has never seen. The answer is the attribute value, checked exactly.
 """
@@ -22,6 +25,10 @@ TEMPLATES: dict[str, dict[Split, tuple[str, ...]]] = {
             "In which town does {p} live?",
             "Which town is home to {p}?",
             "Where is the home of {p}?",
+            "Tell me where {p} lives.",
+            "{p} is from which town?",
+            "Which town does {p} call home?",
+            "Name the home town of {p}.",
         ),
         "test": ("Which town is {p} from?", "Name the town where {p} lives.", "{p} lives in which town?"),
     },
@@ -32,6 +39,10 @@ TEMPLATES: dict[str, dict[Split, tuple[str, ...]]] = {
             "What work does {p} do?",
             "Which job does {p} have?",
             "What is {p}'s job?",
+            "Name the job of {p}.",
+            "{p} has which job?",
+            "Tell me what {p} works as.",
+            "What is the work of {p}?",
         ),
         "test": ("Tell me the job of {p}.", "{p} works as what?", "What job does {p} do?"),
     },
@@ -42,6 +53,10 @@ TEMPLATES: dict[str, dict[Split, tuple[str, ...]]] = {
             "What colour does {p} love?",
             "What is {p}'s favourite colour?",
             "Name the favourite colour of {p}.",
+            "Tell me the favourite colour of {p}.",
+            "{p} loves which colour?",
+            "Which colour is the favourite of {p}?",
+            "What colour does {p} like most?",
         ),
         "test": (
             "Which colour is {p}'s favourite?",
@@ -56,6 +71,10 @@ TEMPLATES: dict[str, dict[Split, tuple[str, ...]]] = {
             "Which pet does {p} own?",
             "What kind of pet does {p} have?",
             "Name the pet of {p}.",
+            "Tell me the pet of {p}.",
+            "{p} keeps which pet?",
+            "Which animal does {p} have?",
+            "What is the pet of {p}?",
         ),
         "test": ("What is {p}'s pet?", "Tell me which animal {p} keeps.", "{p} owns which pet?"),
     },
@@ -66,6 +85,10 @@ TEMPLATES: dict[str, dict[Split, tuple[str, ...]]] = {
             "Which region contains {t}?",
             "Where is the town of {t}?",
             "Name the region of {t}.",
+            "Tell me which region {t} is in.",
+            "{t} is in which region?",
+            "Which region is {t} part of?",
+            "What is the region of {t}?",
         ),
         "test": (
             "{t} lies in which region?",

@@ -1,4 +1,4 @@
-"""Math: multi-digit arithmetic and short word problems with a worked answer.
+"""Math: two-digit arithmetic and short word problems with a worked answer.
 
 Answers show the working and then the result after ``ANSWER_MARKER``, e.g.
 ``17 + 25 = 42. Answer: 42``. The verifier reads only the number after the last marker. Every
@@ -17,7 +17,17 @@ OPS = ("+", "-", "x")
 
 # Plain arithmetic phrasings. {e} is the expression "a op b".
 BARE: dict[Split, tuple[str, ...]] = {
-    "train": ("What is {e}?", "Calculate {e}.", "Work out {e}.", "{e} = ?"),
+    "train": (
+        "What is {e}?",
+        "Calculate {e}.",
+        "Work out {e}.",
+        "{e} = ?",
+        "Evaluate {e}.",
+        "How much is {e}?",
+        "Give the result of {e}.",
+        "Tell me the value of {e}.",
+        "Solve {e}.",
+    ),
     "test": ("Compute {e}.", "Find the value of {e}."),
 }
 # Word problems per operation. {n} a name, {a} {b} operands, {t} a plural thing.
@@ -26,6 +36,7 @@ WORD: dict[str, dict[Split, tuple[str, ...]]] = {
         "train": (
             "{n} has {a} {t} and gets {b} more. How many {t} does {n} have now?",
             "A shop sold {a} {t} in the morning and {b} in the afternoon. How many {t} did it sell?",
+            "{n} had {a} {t}. Then {n} found {b} more. How many {t} does {n} have?",
         ),
         "test": ("There are {a} {t} in a box and {b} more are added. How many {t} are in the box?",),
     },
@@ -33,6 +44,7 @@ WORD: dict[str, dict[Split, tuple[str, ...]]] = {
         "train": (
             "{n} has {a} {t} and gives away {b}. How many {t} are left?",
             "A farm had {a} {t} and sold {b} of them. How many {t} does the farm have now?",
+            "There were {a} {t}. {b} of them were lost. How many {t} are left?",
         ),
         "test": ("A basket holds {a} {t}. {n} takes out {b}. How many {t} remain?",),
     },
@@ -40,6 +52,7 @@ WORD: dict[str, dict[Split, tuple[str, ...]]] = {
         "train": (
             "There are {a} boxes with {b} {t} in each. How many {t} are there in total?",
             "{n} buys {a} bags of {b} {t}. How many {t} does {n} get?",
+            "Each of {a} friends has {b} {t}. How many {t} do they have altogether?",
         ),
         "test": ("{a} children each bring {b} {t}. How many {t} do they bring together?",),
     },
@@ -48,12 +61,21 @@ NAMES = ("Mia", "Tom", "Ana", "Leo", "Sam", "Eva", "Ben", "Zoe")
 THINGS = ("apples", "coins", "books", "stamps", "eggs", "pens", "shells", "cards")
 
 
+# Operand ranges. Two-digit sums and differences and small products: three-digit operands (the
+# first version) left every tiny expert at 0, since a few-million-parameter model cannot learn
+# carries over three digits in minutes of CPU training; two digits keep it hard but learnable.
+SUM_RANGE = (10, 99)
+PRODUCT_RANGE = ((2, 19), (2, 9))
+
+
 def operands(rng: random.Random, op: str) -> tuple[int, int]:
-    """Operands for ``op``: 2-3 digit sums and differences (never negative), small products."""
+    """Operands for ``op``: two-digit sums and differences (never negative), small products."""
     if op == "x":
-        return rng.randint(2, 99), rng.randint(2, 9)
-    a = rng.randint(10, 999)
-    return a, rng.randint(10, 999 if op == "+" else a)
+        (lo_a, hi_a), (lo_b, hi_b) = PRODUCT_RANGE
+        return rng.randint(lo_a, hi_a), rng.randint(lo_b, hi_b)
+    lo, hi = SUM_RANGE
+    a = rng.randint(lo, hi)
+    return a, rng.randint(lo, hi if op == "+" else a)
 
 
 def apply(a: int, op: str, b: int) -> int:
@@ -132,7 +154,7 @@ class Math(Category):
         return " ".join(lines)
 
     def _table(self, rng: random.Random) -> str:
-        a = rng.randint(2, 99)
+        a = rng.randint(*PRODUCT_RANGE[0])
         rows = [f"{a} x {b} = {a * b}." for b in range(2, 10) if triple_split(a, "x", b) == "train"]
         return f"Times table of {a}: " + " ".join(rows)
 

@@ -129,7 +129,7 @@ class Reasoning(Category):
     def _sort(self, rng: random.Random, split: Split) -> Item:
         template, ascending = rng.choice(SORT[split])
         while True:
-            nums = rng.sample(range(1, 100), rng.randint(3, 5))
+            nums = rng.sample(range(1, 100), rng.randint(3, 4))
             if split_of(f"sort|{nums}") == split:
                 break
         answer = ", ".join(map(str, sorted(nums, reverse=not ascending)))
@@ -140,10 +140,10 @@ class Reasoning(Category):
         template, what = rng.choice(COUNT[split])
         while True:
             if what == "even":
-                values = [str(rng.randint(1, 99)) for _ in range(rng.randint(4, 7))]
+                values = [str(rng.randint(1, 99)) for _ in range(rng.randint(3, 6))]
                 target, answer = "", sum(int(v) % 2 == 0 for v in values)
             else:
-                values = [rng.choice(COUNT_WORDS) for _ in range(rng.randint(4, 8))]
+                values = [rng.choice(COUNT_WORDS) for _ in range(rng.randint(3, 6))]
                 target = rng.choice(COUNT_WORDS)
                 answer = values.count(target)
             if split_of(f"count|{values}|{target}") == split:

@@ -98,7 +98,8 @@ class StageConfig(BaseModel):
 
 # (steps, batch_size, grad_accum, seq_len, lr, warmup) per preset and kind. The tiny numbers are
 # sized so that the whole demo (base, 6 expert stages, router, evals) fits in about 15 minutes
-# on a 2-core CPU; the micro numbers make a stage run in a second or two for tests.
+# on an otherwise idle 2-core CPU (measured: dense pretrain about 5 steps/s, a branch's SFT
+# about 3.2 steps/s); the micro numbers make a stage run in a second or two for tests.
 _PRESET_TABLE: dict[str, dict[StageKind, tuple[int, int, int, int, float, int]]] = {
     "micro": {
         "pretrain": (6, 4, 1, 64, 3e-3, 1),
@@ -108,9 +109,9 @@ _PRESET_TABLE: dict[str, dict[StageKind, tuple[int, int, int, int, float, int]]]
         "router": (4, 4, 1, 64, 1e-3, 0),
     },
     "tiny": {
-        "pretrain": (600, 8, 1, 256, 1e-2, 30),
-        "midtrain": (60, 8, 1, 256, 2e-3, 5),
-        "sft": (100, 8, 1, 256, 2e-3, 10),
+        "pretrain": (1200, 8, 1, 256, 1e-2, 30),
+        "midtrain": (80, 8, 1, 256, 2e-3, 5),
+        "sft": (250, 8, 1, 256, 2e-3, 10),
         "rlvr": (20, 4, 1, 256, 5e-5, 0),
         "router": (40, 8, 1, 256, 3e-3, 4),
     },
@@ -135,13 +136,18 @@ _GENERAL_MIX: dict[StageKind, float] = {
 
 
 # Learning-rate multiplier for an MoE's shared tensors, per kind. BAR trains them at the same
-# rate; 0.1 at SFT was tried on the tiny demo to keep behaviour in the expert FFN (which the
-# merge keeps intact) and did not help: the safety expert fell from 66 to 26 and still scored 0
-# once merged (docs/results/README.md). Kept as an option (OptimConfig.shared_lr_scale).
+# rate as the experts; at 7B an SFT run moves embeddings and LM head by a small fraction of
+# their size, so averaging them over experts costs little. A few-million-parameter model at a
+# tiny-model learning rate moves them by a large fraction, and the average of four experts'
+# shared tensors then matches none of their FFNs: the merge lost what each expert learned. At
+# a tenth of the rate for shared tensors during SFT (expert FFN and router at the full rate), a
+# tool-use + safety merge kept safety at 12 (18 with only anchor and safety expert switched
+# on) where the full rate gave 0 and 0 (300 SFT steps, tiny base; docs/results/README.md).
+# Set it back to 1.0 in a recipe (``optim.shared_lr_scale``) for BAR's single rate.
 _SHARED_LR_SCALE: dict[StageKind, float] = {
     "pretrain": 1.0,
     "midtrain": 1.0,
-    "sft": 1.0,
+    "sft": 0.1,
     "rlvr": 1.0,
     "router": 1.0,
 }
