@@ -40,14 +40,14 @@ QUICK = Budget(
 # torch thread (--threads 1, leaving the other core free). Measured on an idle machine with two
 # threads: dense pretrain about 5 steps/s, a branch's SFT about 3.2 steps/s, evaluation about
 # 5 s per model at 50 items per category. One seed trains about 9 midtrain, 27 sft, 16 rlvr
-# and 6 router-type stages across all methods, so SFT dominates; 80 SFT steps per stage keep a
-# seed near 20 minutes on one thread. (An earlier version ran at micro size because it timed
+# and 6 router-type stages across all methods, so SFT dominates; 120 SFT steps per stage keep
+# a seed under 30 minutes on one thread. (An earlier version ran at micro size because it timed
 # two 2-thread processes sharing the 2 cores, which ran up to 20x slower than one.)
 FULL = Budget(
     preset="tiny",
-    steps={"midtrain": 40, "sft": 80, "rlvr": 6, "router": 30},
-    eval_limit=20,
-    base_steps=1000,
+    steps={"midtrain": 50, "sft": 120, "rlvr": 8, "router": 40},
+    eval_limit=25,
+    base_steps=1200,
 )
 
 
