@@ -59,7 +59,9 @@ def main() -> None:
     dense = build_dense("olmo2", preset, tokenizer, seed=0)
     branch = branch_model(dense, "equal")
     use_trainable_experts(branch, "eager")
-    ids = torch.randint(7, preset.vocab_size, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(
+        7, preset.vocab_size, (args.batch, args.seq_len), generator=torch.Generator().manual_seed(0)
+    )
     # Interleave the two models so that load changes on a shared machine hit both alike.
     dense_t, branch_t = float("inf"), float("inf")
     for _ in range(2):

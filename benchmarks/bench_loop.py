@@ -83,7 +83,9 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, 2048, (64, args.seq_len), generator=g)
     data = PackedData(ids, torch.ones_like(ids), torch.ones_like(ids))
-    print(f"torch threads {torch.get_num_threads()}, {args.steps} steps of {args.batch}x{args.seq_len} tokens")
+    print(
+        f"torch threads {torch.get_num_threads()}, {args.steps} steps of {args.batch}x{args.seq_len} tokens"
+    )
     print(f"{'model':28s} {'plain s':>8s} {'barkit s':>9s} {'barkit/plain':>13s}")
     for name, model in models().items():
         best = {"plain": float("inf"), "barkit": float("inf")}

@@ -52,7 +52,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_layout_and_report(run: Path) -> None:
-    for rel in ["base", "experts/math/branch", "experts/math/sft", "experts/tool_use/sft", "merged", "routed"]:
+    for rel in [
+        "base",
+        "experts/math/branch",
+        "experts/math/sft",
+        "experts/tool_use/sft",
+        "merged",
+        "routed",
+    ]:
         assert (run / rel / "barkit.json").is_file(), rel
     assert (run / "report.md").read_text().count("|") > 10
     assert (run / "plots" / "scores.png").stat().st_size > 1000
@@ -98,7 +105,14 @@ def test_upgrade_replaces_one_expert(run: Path, tmp_path: Path) -> None:
     from barkit.upgrade import upgrade
 
     out = tmp_path / "upgraded"
-    manifest = upgrade(run / "routed", {"math": run / "experts" / "math" / "sft"}, out, preset="micro", steps=2, progress=False)
+    manifest = upgrade(
+        run / "routed",
+        {"math": run / "experts" / "math" / "sft"},
+        out,
+        preset="micro",
+        steps=2,
+        progress=False,
+    )
     assert manifest["experts"] == ["anchor", "math", "tool_use"]
     before, after = _weights(run / "routed"), _weights(out)
     # Same inputs re-merged: only router rows can differ (they were retrained from the merge).

@@ -47,11 +47,20 @@ def test_quick_variant_is_micro() -> None:
     ("data", "field"),
     [
         ({"experts": {"m": {"domain": "geometry", "stages": [{"kind": "sft"}]}}}, "experts.m.domain"),
-        ({"experts": {"m": {"domain": "math", "stages": [{"kind": "sft", "lr": 1}]}}}, "experts.m.stages.0.lr"),
-        ({"experts": {"m": {"domain": "math", "stages": [{"kind": "sft"}, {"kind": "midtrain"}]}}}, "experts.m.stages"),
+        (
+            {"experts": {"m": {"domain": "math", "stages": [{"kind": "sft", "lr": 1}]}}},
+            "experts.m.stages.0.lr",
+        ),
+        (
+            {"experts": {"m": {"domain": "math", "stages": [{"kind": "sft"}, {"kind": "midtrain"}]}}},
+            "experts.m.stages",
+        ),
         ({"preset": "huge", "experts": {"m": {"domain": "math", "stages": [{"kind": "sft"}]}}}, "preset"),
         ({"experts": {}}, "experts"),
-        ({"experts": {"m": {"domain": "math", "stages": [{"kind": "sft", "general_mix": 1.5}]}}}, "general_mix"),
+        (
+            {"experts": {"m": {"domain": "math", "stages": [{"kind": "sft", "general_mix": 1.5}]}}},
+            "general_mix",
+        ),
     ],
 )
 def test_errors_name_field_and_file(tmp_path: Path, data: dict, field: str) -> None:

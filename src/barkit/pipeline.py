@@ -62,7 +62,9 @@ class Runner:
         self.out, self.recipe, self.log = out, recipe, log
         self.outcomes: list[StepOutcome] = []
 
-    def step(self, name: str, rel: str, config: Any, inputs: list[Path], build: Callable[[Path], Any]) -> Path:
+    def step(
+        self, name: str, rel: str, config: Any, inputs: list[Path], build: Callable[[Path], Any]
+    ) -> Path:
         """Build ``out/rel`` with ``build(path)`` unless it already holds this key."""
         path = self.out / rel
         from barkit.suite import SUITE_VERSION
@@ -80,7 +82,9 @@ class Runner:
             seconds = time.perf_counter() - start
             manifest = read_manifest(path)
             manifest["recipe_key"] = key
-            atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+            atomic_write_text(
+                path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
+            )
             tokens = int(manifest.get("tokens", 0) or 0)
             outcome = StepOutcome(name, path, str(manifest.get("fingerprint")), True, tokens, seconds)
         append_ledger(
@@ -153,7 +157,9 @@ def build_base(runner: Runner) -> Path:
         "base",
         cfg,
         [],
-        lambda p: train_base(p, arch=recipe.base.arch, preset=recipe.preset, steps=recipe.base.steps, seed=recipe.seed),
+        lambda p: train_base(
+            p, arch=recipe.base.arch, preset=recipe.preset, steps=recipe.base.steps, seed=recipe.seed
+        ),
     )
 
 
@@ -181,7 +187,12 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Pat
         }
         previous = current
 
-        def build(p: Path, stage: StageSpec = stage, previous: Path = previous, overrides: dict[str, Any] = overrides) -> Any:
+        def build(
+            p: Path,
+            stage: StageSpec = stage,
+            previous: Path = previous,
+            overrides: dict[str, Any] = overrides,
+        ) -> Any:
             return run_domain_stage(
                 previous,
                 stage=stage.kind,
@@ -194,7 +205,9 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Pat
                 resume=True,
             )
 
-        current = runner.step(f"experts.{name}.{stage.kind}", f"experts/{name}/{stage.kind}", stage_cfg, [previous], build)
+        current = runner.step(
+            f"experts.{name}.{stage.kind}", f"experts/{name}/{stage.kind}", stage_cfg, [previous], build
+        )
     return current
 
 
@@ -236,7 +249,15 @@ def build_route(runner: Runner, merged: Path) -> Path:
         "routed",
         cfg,
         [merged],
-        lambda p: route(merged, p, sample=recipe.route.sample, seed=recipe.seed, preset=recipe.preset, steps=recipe.route.steps, resume=True),
+        lambda p: route(
+            merged,
+            p,
+            sample=recipe.route.sample,
+            seed=recipe.seed,
+            preset=recipe.preset,
+            steps=recipe.route.steps,
+            resume=True,
+        ),
     )
 
 

@@ -67,7 +67,15 @@ def evaluate_run(runner: Runner, result: RunResult) -> dict[str, Scores]:
         start = time.perf_counter()
         data = eval_cached(path, file, categories=categories, limit=recipe.eval.limit, seed=recipe.seed)
         table[label] = {**data["scores"], "overall": data["overall"]}
-        append_ledger(runner.out, {"step": f"eval.{_slug(label)}", "seconds": round(time.perf_counter() - start, 3), "tokens": 0, "ran": True})
+        append_ledger(
+            runner.out,
+            {
+                "step": f"eval.{_slug(label)}",
+                "seconds": round(time.perf_counter() - start, 3),
+                "tokens": 0,
+                "ran": True,
+            },
+        )
     stages = stage_scores(runner, table)
     write_report(runner.out, table, result, title=f"barkit run: {recipe.name}", stages=stages)
     return table
@@ -84,7 +92,9 @@ def stage_scores(runner: Runner, table: Mapping[str, Scores]) -> dict[str, dict[
             if not (folder / "barkit.json").is_file():
                 continue
             file = runner.out / "eval" / "stages" / f"{name}_{stage.kind}.json"
-            data = eval_cached(folder, file, categories=[spec.domain], limit=recipe.eval.limit, seed=recipe.seed)
+            data = eval_cached(
+                folder, file, categories=[spec.domain], limit=recipe.eval.limit, seed=recipe.seed
+            )
             row[stage.kind] = data["scores"][spec.domain]
         rows[name] = row
     return rows
@@ -98,7 +108,8 @@ def markdown_table(table: Mapping[str, Mapping[str, float]], columns: Sequence[s
     head = "| model | " + " | ".join(columns) + " |"
     rule = "|---|" + "---:|" * len(columns)
     rows = [
-        f"| {label} | " + " | ".join(_fmt(scores.get(c)) for c in columns) + " |" for label, scores in table.items()
+        f"| {label} | " + " | ".join(_fmt(scores.get(c)) for c in columns) + " |"
+        for label, scores in table.items()
     ]
     return "\n".join([head, rule, *rows])
 
@@ -189,15 +200,32 @@ def write_report(
     columns = [c for c in CATEGORIES if any(c in s for s in table.values())] + ["overall"]
     plots = out / "plots"
     plot_scores(table, columns, plots / "scores.png")
-    lines = [f"# {title}", "", "Scores (0-100) on the micro-suite's test split.", "", markdown_table(table, columns), ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Scores (0-100) on the micro-suite's test split.",
+        "",
+        markdown_table(table, columns),
+        "",
+    ]
     lines += ["![scores per category](plots/scores.png)", ""]
     if stages:
         kinds = ["base", "midtrain", "sft", "rlvr"]
-        lines += ["## Each expert after each stage", "", "In-domain score (0-100) on the expert's own category.", ""]
+        lines += [
+            "## Each expert after each stage",
+            "",
+            "In-domain score (0-100) on the expert's own category.",
+            "",
+        ]
         lines += [markdown_table(stages, kinds), ""]
     if result.routed is not None and (result.routed / "routing.png").is_file():
         shutil.copy(result.routed / "routing.png", plots / "routing.png")
-        lines += ["## Routing", "", "Share of each category's tokens sent to each expert after router training.", ""]
+        lines += [
+            "## Routing",
+            "",
+            "Share of each category's tokens sent to each expert after router training.",
+            "",
+        ]
         lines += ["![routing heatmap](plots/routing.png)", ""]
     curves = reward_curves(out)
     if curves:

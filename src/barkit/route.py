@@ -83,7 +83,9 @@ def routing_fractions(
     return result
 
 
-def plot_routing(fractions: dict[str, list[float]], experts: Sequence[str], path: str | os.PathLike[str]) -> None:
+def plot_routing(
+    fractions: dict[str, list[float]], experts: Sequence[str], path: str | os.PathLike[str]
+) -> None:
     """Heatmap (category x expert) of routing fractions, written as PNG."""
     import matplotlib
 
@@ -98,7 +100,9 @@ def plot_routing(fractions: dict[str, list[float]], experts: Sequence[str], path
     ax.set_yticks(range(len(rows)), labels=rows)
     for i, row in enumerate(data):
         for j, v in enumerate(row):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+            ax.text(
+                j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8
+            )
     ax.set_xlabel("expert")
     ax.set_ylabel("category of the tokens")
     ax.set_title("Share of tokens routed to each expert")
@@ -161,7 +165,9 @@ def route(
             "merge_config": manifest.get("merge_config", manifest.get("config", {})),
         },
     )
-    atomic_write_text(out / "routing.json", json.dumps({"experts": manifest["experts"], "fractions": fractions}, indent=2))
+    atomic_write_text(
+        out / "routing.json", json.dumps({"experts": manifest["experts"], "fractions": fractions}, indent=2)
+    )
     plot_routing(fractions, manifest["experts"], out / "routing.png")
     shutil.copy(work / "metrics.jsonl", out / "metrics.jsonl")
     shutil.rmtree(work, ignore_errors=True)

@@ -22,7 +22,9 @@ def merge_inputs(model_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]
     if manifest.get("stage") == "route":
         return list(manifest["merge_inputs"]), dict(manifest.get("merge_config") or {})
     if manifest.get("stage") != "merge":
-        raise ArtifactError(f"{model_dir}: not a merged or routed barkit model (stage {manifest.get('stage')!r})")
+        raise ArtifactError(
+            f"{model_dir}: not a merged or routed barkit model (stage {manifest.get('stage')!r})"
+        )
     return list(manifest["inputs"]), dict(manifest.get("config") or {})
 
 
@@ -56,7 +58,9 @@ def upgrade(
     names = [str(i["domain"]) for i in inputs]
     unknown = sorted(set(replace) - set(names))
     if unknown:
-        raise ConfigError(f"--replace {unknown[0]}: the model has no such expert; experts: {', '.join(names)}")
+        raise ConfigError(
+            f"--replace {unknown[0]}: the model has no such expert; experts: {', '.join(names)}"
+        )
     dirs = [Path(replace[n]) if n in replace else Path(i["path"]) for n, i in zip(names, inputs, strict=True)]
     out = Path(out_dir)
     merged = out.parent / f".{out.name}.merged"

@@ -11,7 +11,9 @@ import typer
 
 def main(
     out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="micro models and a few steps (about 2 minutes)")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="micro models and a few steps (about 2 minutes)")
+    ] = False,
 ) -> None:
     """Base, four experts (math, code, tool use, safety), merge, route, eval; prints one table."""
     from barkit.commands.run import _print_result

@@ -17,9 +17,11 @@ def main(
         bool, typer.Option("--dry-run", help="Check the inputs and print the plan; write nothing.")
     ] = False,
     shared: Annotated[
-        str, typer.Option(help="Policy for diverged shared tensors: mean, weighted, anchor (the base's) or sum "
+        str,
+        typer.Option(
+            help="Policy for diverged shared tensors: mean, weighted, anchor (the base's) or sum "
             "(task arithmetic: base + every branch's change; needs --base)."
-        )
+        ),
     ] = "mean",
     weights: Annotated[
         Optional[str], typer.Option(help="Weights per input for --shared weighted, e.g. 0.5,0.3,0.2.")

@@ -20,5 +20,7 @@ def main(
     """Replace experts of a merged model; nothing but the router trains again."""
     from barkit.upgrade import parse_replacements, upgrade
 
-    manifest = upgrade(model, parse_replacements(replace), out, sample=sample, seed=seed, preset=preset, steps=steps)
+    manifest = upgrade(
+        model, parse_replacements(replace), out, sample=sample, seed=seed, preset=preset, steps=steps
+    )
     print(f"upgraded model: {out} (fingerprint {manifest['fingerprint']})")

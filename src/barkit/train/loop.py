@@ -86,9 +86,7 @@ def _optimizer(model: nn.Module, optim: OptimConfig) -> tuple[torch.optim.AdamW,
         key = (optim.weight_decay if p.ndim >= 2 else 0.0, _lr_scale(model, n, optim))
         keyed.setdefault(key, []).append((n, p))
     order = sorted(keyed, key=lambda k: (-k[0], -k[1]))
-    groups = [
-        {"params": [p for _, p in keyed[k]], "weight_decay": k[0], "lr_scale": k[1]} for k in order
-    ]
+    groups = [{"params": [p for _, p in keyed[k]], "weight_decay": k[0], "lr_scale": k[1]} for k in order]
     # fused AdamW measured fastest on CPU here (one kernel over all tensors).
     opt = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
     return opt, [n for k in order for n, _ in keyed[k]]
