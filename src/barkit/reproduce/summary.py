@@ -171,10 +171,10 @@ def _gap(m: Mapping[str, Mapping[str, float]], a: str, b: str, col: str = "overa
 def _verdict(gap: float, noise: float, claim: str, numbers: str, reason: str) -> str:
     """``gap`` > 0 means the finding holds; within ``noise`` of 0 the run cannot tell."""
     if abs(gap) <= noise:
-        return f"- **Inconclusive** (difference within seed noise): {claim} ({numbers}). Where it fails to show: {reason}"
+        return f"- **Inconclusive** (difference within seed noise): {claim} ({numbers}). Candidate reason, not tested by this run: {reason}"
     if gap > 0:
         return f"- **Reproduced**: {claim} ({numbers})."
-    return f"- **Not reproduced**: {claim} ({numbers}). Most likely reason: {reason}"
+    return f"- **Not reproduced**: {claim} ({numbers}). Candidate reason, not tested by this run: {reason}"
 
 
 def findings(
@@ -193,7 +193,7 @@ def findings(
             noise,
             "BAR scores above monolithic post-training retraining overall",
             f"{m[BAR]['overall']:.1f} vs {m[MONO_POST]['overall']:.1f}",
-            "at micro scale one dense model has spare capacity for all four domains, and the monolithic "
+            "at this scale one dense model has spare capacity for all four domains, and the monolithic "
             "model sees every domain's data in one run without any averaging of shared weights, so the "
             "interference BAR avoids (RL on math/code eroding safety) has little room to appear.",
         )
@@ -205,7 +205,7 @@ def findings(
             noise,
             "dense weight averaging fails after mid-training (below averaging without it, and below BAR)",
             f"{m[AVG_MID]['overall']:.1f} with mid-training, {m[AVG_POST]['overall']:.1f} without, BAR {m[BAR]['overall']:.1f}",
-            "the micro budget's mid-training is a few hundred thousand tokens, far too little to move the "
+            "mid-training here is a few hundred thousand tokens per domain, far too little to move the "
             "dense experts apart the way 7B-scale mid-training does, so their average stays functional.",
         )
     )
@@ -247,7 +247,8 @@ def findings(
             noise,
             "FlexOlmo-style training (shared parameters frozen in every stage) scores below BAR",
             f"{m[FLEXOLMO]['overall']:.1f} vs {m[BAR]['overall']:.1f}",
-            "the micro-suite's formats are simple enough for the FFN experts to learn them alone at this scale.",
+            "at this scale the experts' changes to shared tensors do not survive averaging (docs/results/README.md), "
+            "so what BAR gains by unfreezing them is lost in the merge, while FlexOlmo-style experts merge intact.",
         )
     )
     return lines
@@ -273,8 +274,8 @@ def _rl_line(curves: Mapping[str, Any], noise: float) -> str:
         noise,
         "with shared parameters frozen the RLVR reward stays flat, while it rises with all parameters trainable",
         f"reward change late minus early half: frozen {f:+.3f}, unfrozen {u:+.3f}",
-        "the RL stage is a handful of steps at a tiny learning rate (1e-5, as in the presets), so neither "
-        "curve moves much beyond sampling noise; the comparison needs longer RL to separate.",
+        "the RL stage is a handful of steps at a small learning rate, and a group whose samples all score "
+        "0 gives no gradient: where the SFT start never solves a prompt, neither curve can move.",
     )
 
 
