@@ -188,6 +188,7 @@ def test_prune_folder(moe_dir, tmp_path):
     "argv",
     [
         ["generate", "{m}", "--prompt", "hi", "--experts", "anchor,chem"],
+        ["eval", "{m}", "--experts", "chem", "--limit", "1", "--out", "{o}"],
         ["prune", "{m}", "--drop", "chem", "--out", "{o}"],
         ["prune", "{m}", "--drop", "anchor", "--out", "{o}"],
     ],
@@ -212,3 +213,30 @@ def test_cli_generate_with_experts_switched_off(moe_dir, capsys):
     with restrict_experts(model, [0, 2]):
         expected = generate(model, tokenizer, ["hi"], max_new_tokens=6, batch_size=1)
     assert printed == expected[0] + "\n"
+
+
+def test_cli_eval_with_experts_switched_off(moe_dir, tmp_path):
+    """``barkit eval --experts`` scores exactly the completions of the restricted model."""
+    from barkit.evaluate import evaluate
+    from barkit.modeling import load_model
+
+    out = tmp_path / "eval.json"
+    argv = [
+        "eval",
+        str(moe_dir),
+        "--experts",
+        "anchor,code",
+        "--categories",
+        "knowledge,chat",
+        "--limit",
+        "3",
+    ]
+    assert cli_main([*argv, "--max-new-tokens", "6", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["settings"]["experts"] == [0, 2]
+    model, tokenizer = load_model(moe_dir)
+    with restrict_experts(model, [0, 2]):
+        expected = evaluate(model, tokenizer, ["knowledge", "chat"], 3, max_new_tokens=6)
+    assert [r["completion"] for r in data["items"]] == [r.completion for r in expected.items]
+    everyone = evaluate(model, tokenizer, ["knowledge", "chat"], 3, max_new_tokens=6)
+    assert [r.completion for r in everyone.items] != [r.completion for r in expected.items]

@@ -154,13 +154,26 @@ def evaluate_folder(
     out_file: str | os.PathLike[str] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Load a checkpoint folder, evaluate it and (if ``out_file``) write the JSON atomically."""
+    """Load a checkpoint folder, evaluate it and (if ``out_file``) write the JSON atomically.
+
+    ``keep_experts`` (MoE only): indices of the experts left switched on, as ``barkit generate
+    --experts`` does; the others get no routing weight.
+    """
     from barkit.artifacts import atomic_write_text, read_manifest
     from barkit.errors import ArtifactError
     from barkit.modeling import load_model
 
+    import contextlib
+
+    from barkit.experts import restrict_experts
+
+    keep: Sequence[int] | None = kwargs.pop("keep_experts", None)
     model, tokenizer = load_model(model_dir)
-    data = evaluate(model, tokenizer, **kwargs).to_dict()
+    switch = restrict_experts(model, keep) if keep is not None else contextlib.nullcontext(model)
+    with switch:
+        data = evaluate(model, tokenizer, **kwargs).to_dict()
+    if keep is not None:
+        data["settings"]["experts"] = list(keep)
     try:
         fingerprint = read_manifest(model_dir).get("fingerprint")
     except ArtifactError:  # a plain HF folder without barkit.json is fine to evaluate

@@ -20,6 +20,10 @@ def main(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts decoded together.")] = 16,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test items drawn.")] = 0,
+    experts: Annotated[
+        str | None,
+        typer.Option("--experts", help="MoE: comma-separated experts to keep switched on (default: all)."),
+    ] = None,
 ) -> None:
     """Evaluate a model on the micro-suite's test split and print the scores (0-100)."""
     from barkit.artifacts import require_model_dir
@@ -28,9 +32,15 @@ def main(
     # Cheap checks first, so that a typo fails before the weights load.
     folder = require_model_dir(model)
     names = resolve_categories(categories)
+    keep = None
+    if experts is not None:
+        from barkit.experts import model_expert_names, parse_names, resolve_experts
+
+        keep = resolve_experts(parse_names(experts), model_expert_names(folder))
     data = evaluate_folder(
         folder,
         out,
+        keep_experts=keep,
         categories=names,
         limit=limit,
         seed=seed,
