@@ -159,13 +159,12 @@ def evaluate_folder(
     ``keep_experts`` (MoE only): indices of the experts left switched on, as ``barkit generate
     --experts`` does; the others get no routing weight.
     """
-    from barkit.artifacts import atomic_write_text, read_manifest
-    from barkit.errors import ArtifactError
-    from barkit.modeling import load_model
-
     import contextlib
 
+    from barkit.artifacts import atomic_write_text, read_manifest
+    from barkit.errors import ArtifactError
     from barkit.experts import restrict_experts
+    from barkit.modeling import load_model
 
     keep: Sequence[int] | None = kwargs.pop("keep_experts", None)
     model, tokenizer = load_model(model_dir)
