@@ -98,6 +98,11 @@ def test_rerun_skips_every_step(run: tuple[Path, dict[str, Any], int]) -> None:
     reproduce(out, quick=True, seeds=1, progress=False, log=lambda _: None)
     again = _ledger(out)[first_lines:]
     assert again and not any(e["ran"] for e in again), [e["step"] for e in again if e["ran"]]
+    # One seed alone (what a per-seed worker process runs): nothing to build, no report.
+    lines = len(_ledger(out))
+    one = reproduce(out, quick=True, seeds=1, only_seed=0, progress=False, log=lambda _: None)
+    assert one.report is None and one.results["seed"] == 0
+    assert not any(e["ran"] for e in _ledger(out)[lines:])
 
 
 def test_flexolmo_freezes_shared_and_bar_does_not(run: tuple[Path, dict[str, Any], int]) -> None:
@@ -189,6 +194,7 @@ def test_bad_budget_and_seeds(tmp_path: Path) -> None:
     assert main(["reproduce", "--out", str(tmp_path / "r"), "--seeds", "0"]) == 2
     assert main(["reproduce", "--out", str(tmp_path / "r"), "--steps", "sft=x"]) == 2
     assert main(["reproduce", "--out", str(tmp_path / "r"), "--preset", "huge"]) == 2
+    assert main(["reproduce", "--out", str(tmp_path / "r"), "--seeds", "3", "--only-seed", "3"]) == 2
     assert not (tmp_path / "r").exists()
 
 

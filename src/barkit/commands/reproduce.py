@@ -33,6 +33,14 @@ def main(
             help="CPU threads for torch (default: torch's). 1 is fastest for micro models on a busy machine.",
         ),
     ] = None,
+    only_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--only-seed",
+            help="Build and evaluate this seed only, no report: run one process per seed, then once "
+            "without it to write the report.",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars of the training stages.")] = True,
 ) -> None:
     """Build and evaluate BAR, monolithic and sequential retraining, dense averaging, BTX, FlexOlmo-style
@@ -50,5 +58,9 @@ def main(
 
     budget = override_budget(QUICK if quick else FULL, preset=preset, steps=steps, eval_limit=eval_limit)
     start = time.perf_counter()
-    result = reproduce(out, seeds=seeds, budget=budget, progress=progress)
-    typer.echo(f"report: {result.report}   wall time: {(time.perf_counter() - start) / 60:.1f} min")
+    result = reproduce(out, seeds=seeds, budget=budget, only_seed=only_seed, progress=progress)
+    minutes = (time.perf_counter() - start) / 60
+    if result.report is None:
+        typer.echo(f"seed {only_seed} built and evaluated under {out}   wall time: {minutes:.1f} min")
+    else:
+        typer.echo(f"report: {result.report}   wall time: {minutes:.1f} min")

@@ -93,7 +93,7 @@ def _print(msg: str) -> None:
 @dataclass
 class ReproduceResult:
     out: Path
-    report: Path
+    report: Path | None  # None after ``only_seed``: one seed built, no report written
     results: dict[str, Any]
 
 
@@ -103,15 +103,24 @@ def reproduce(
     quick: bool = False,
     seeds: int = 3,
     budget: Budget | None = None,
+    only_seed: int | None = None,
     progress: bool = True,
     log: Log = _print,
 ) -> ReproduceResult:
-    """Build and evaluate every method over ``seeds`` seeds under ``out``; write the report."""
+    """Build and evaluate every method over ``seeds`` seeds under ``out``; write the report.
+
+    ``only_seed``: build and evaluate that one seed (the base first, if missing) and write no
+    report. Seeds are independent after the shared base, so several processes can each take
+    one seed of the same ``out``; a final call without ``only_seed`` then finds every step
+    built and every evaluation cached, and writes the report.
+    """
     from barkit.pipeline import Runner, build_base
     from barkit.recipe import BaseSpec, builtin_recipe
 
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: need at least one seed")
+    if only_seed is not None and not 0 <= only_seed < seeds:
+        raise ConfigError(f"--only-seed {only_seed}: must lie in 0..{seeds - 1} (--seeds {seeds})")
     budget = budget or (QUICK if quick else FULL)
     recipe = builtin_recipe("default")
     recipe = recipe.model_copy(
@@ -122,6 +131,10 @@ def reproduce(
     started = time.perf_counter()
     runner = Runner(out, recipe, log)
     base = build_base(runner)
+    if only_seed is not None:
+        models = build_seed(runner, base, recipe, budget, only_seed, progress)
+        scores = evaluate_seed(out, only_seed, models, budget.eval_limit, log)
+        return ReproduceResult(out, None, {"seed": only_seed, "scores": scores})
     per_seed: list[dict[str, Any]] = []
     first: SeedModels | None = None
     for seed in range(seeds):
