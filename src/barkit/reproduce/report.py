@@ -13,12 +13,12 @@ from barkit.recipe import Recipe
 from barkit.reproduce.run import SeedModels
 from barkit.reproduce.summary import (
     COLUMNS,
+    Noise,
     aggregate,
     copy_routing,
     cost_scaling,
     findings,
     means,
-    noise_level,
     plot_cost,
     plot_reward_ablation,
     stat_table,
@@ -69,7 +69,7 @@ def _budget_section(budget: Budget, results: Mapping[str, Any]) -> list[str]:
 
 def _main_section(
     per_seed: PerSeed, seeds: int, out: Path
-) -> tuple[list[str], dict[str, dict[str, float]], float]:
+) -> tuple[list[str], dict[str, dict[str, float]], Noise]:
     from barkit.report import plot_scores
 
     table = aggregate([s["methods"] for s in per_seed])
@@ -81,7 +81,7 @@ def _main_section(
         "",
     ]
     lines += [stat_table(table, COLUMNS, seeds, "method"), "", "![scores per category](plots/scores.png)", ""]
-    return lines, means(table), noise_level(table)
+    return lines, means(table), Noise.of(table)
 
 
 def _ablation_section(per_seed: PerSeed, seeds: int, out: Path) -> list[str]:
