@@ -101,6 +101,29 @@ def test_changing_one_expert_rebuilds_only_it_merge_and_router(run: Path, tmp_pa
     assert ran == {"experts.math.sft", "merge", "route"}
 
 
+def test_sum_policy_in_a_recipe_reads_the_base(run: Path, tmp_path: Path) -> None:
+    """`merge: {shared: sum}` rebuilds only merge and router; the merge is base + summed changes,
+    and an upgrade of that model finds the base again through its manifest."""
+    import shutil
+
+    from barkit.upgrade import upgrade
+
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    changed = json.loads(json.dumps(RECIPE)) | {"merge": {"shared": "sum"}}
+    n = len(_ledger(out))
+    run_recipe(parse_recipe(changed, "test"), out, evaluate=False, log=lambda _: None)
+    assert {e["step"] for e in _ledger(out)[n:] if e["ran"]} == {"merge", "route"}
+    assert json.loads((out / "merged" / "barkit.json").read_text())["config"]["base"] == str(out / "base")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    base, merged = _weights(out / "base")[name], _weights(out / "merged")[name]
+    branches = [_weights(out / "experts" / e / "sft")[name] for e in ("math", "tool_use")]
+    expected = base.double() + sum(b.double() - base.double() for b in branches)
+    torch.testing.assert_close(merged.double(), expected, atol=1e-6, rtol=0)
+    upgraded = upgrade(out / "routed", {}, tmp_path / "up", preset="micro", steps=1, progress=False)
+    assert upgraded["merge_config"]["shared"] == "sum"
+
+
 def test_upgrade_replaces_one_expert(run: Path, tmp_path: Path) -> None:
     from barkit.upgrade import upgrade
 

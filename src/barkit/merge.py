@@ -5,8 +5,9 @@ with 1+N experts: expert 0 is the anchor, expert k is branch k's expert 1, and r
 are taken the same way. Shared tensors (embeddings, LM head, attention, norms) that the
 branches let diverge are combined by a policy (``mean``, ``weighted``, ``anchor``, ``sum``),
 per tensor through glob overrides. ``sum`` is task arithmetic: the base plus every branch's
-change to the base, so no branch's change is divided by the number of branches. Special tokens that experts added are unioned into one
-vocabulary; a new token's rows come only from the experts that have it.
+change to the base, so no branch's change is divided by the number of branches. Special
+tokens that experts added are unioned into one vocabulary; a new token's rows come only from
+the experts that have it.
 
 Everything is planned before anything is written: the plan lists, for every output tensor,
 which row ranges of which input tensors produce it. The checks (same base, bit-identical
