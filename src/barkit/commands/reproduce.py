@@ -37,8 +37,8 @@ def main(
         int | None,
         typer.Option(
             "--only-seed",
-            help="Build and evaluate this seed only, no report: run one process per seed, then once "
-            "without it to write the report.",
+            help="Build and evaluate this seed only, no report: run one process per seed (start the "
+            "others once OUT/base exists), then once without it to write the report.",
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars of the training stages.")] = True,
