@@ -36,13 +36,12 @@ from barkit.reproduce.run import (
 QUICK = Budget(
     preset="micro", steps={"midtrain": 2, "sft": 3, "rlvr": 1, "router": 2}, eval_limit=2, base_steps=None
 )
-# The full run: 3 seeds at the tiny preset within about 90 minutes on the 2-core CPU with one
-# torch thread (--threads 1, leaving the other core free). Measured on an idle machine with two
-# threads: dense pretrain about 5 steps/s, a branch's SFT about 3.2 steps/s, evaluation about
-# 5 s per model at 50 items per category. One seed trains about 9 midtrain, 27 sft, 16 rlvr
-# and 6 router-type stages across all methods, so SFT dominates; 120 SFT steps per stage keep
-# a seed under 30 minutes on one thread. (An earlier version ran at micro size because it timed
-# two 2-thread processes sharing the 2 cores, which ran up to 20x slower than one.)
+# The full run: 3 seeds at the tiny preset. One seed trains about 9 midtrain, 27 sft, 16 rlvr
+# and 6 router-type stages across all methods, so SFT dominates. Measured 2026-12-02 with one
+# torch thread per process: 38-39 minutes per seed; with two --only-seed processes side by side
+# on the 2 cores, the 3 seeds took 78 minutes (one process for everything: about 2 hours), plus
+# the 1200-step base (about 4.5 minutes at two threads). (An earlier version ran at micro size
+# because it had timed two 2-thread processes sharing the 2 cores, up to 20x slower than one.)
 FULL = Budget(
     preset="tiny",
     steps={"midtrain": 50, "sft": 120, "rlvr": 8, "router": 40},

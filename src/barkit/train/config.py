@@ -143,6 +143,7 @@ _GENERAL_MIX: dict[StageKind, float] = {
 # a tenth of the rate for shared tensors during SFT (expert FFN and router at the full rate), a
 # tool-use + safety merge kept safety at 12 (18 with only anchor and safety expert switched
 # on) where the full rate gave 0 and 0 (300 SFT steps, tiny base; docs/results/README.md).
+# It is not enough at four experts: the demo's merged model still scores 0 on safety.
 # Set it back to 1.0 in a recipe (``optim.shared_lr_scale``) for BAR's single rate.
 _SHARED_LR_SCALE: dict[StageKind, float] = {
     "pretrain": 1.0,
