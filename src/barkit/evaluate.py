@@ -152,6 +152,8 @@ def evaluate(
 def evaluate_folder(
     model_dir: str | os.PathLike[str],
     out_file: str | os.PathLike[str] | None = None,
+    *,
+    keep_experts: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load a checkpoint folder, evaluate it and (if ``out_file``) write the JSON atomically.
@@ -166,13 +168,14 @@ def evaluate_folder(
     from barkit.experts import restrict_experts
     from barkit.modeling import load_model
 
-    keep: Sequence[int] | None = kwargs.pop("keep_experts", None)
     model, tokenizer = load_model(model_dir)
-    switch = restrict_experts(model, keep) if keep is not None else contextlib.nullcontext(model)
+    switch = (
+        restrict_experts(model, keep_experts) if keep_experts is not None else contextlib.nullcontext(model)
+    )
     with switch:
         data = evaluate(model, tokenizer, **kwargs).to_dict()
-    if keep is not None:
-        data["settings"]["experts"] = list(keep)
+    if keep_experts is not None:
+        data["settings"]["experts"] = list(keep_experts)
     try:
         fingerprint = read_manifest(model_dir).get("fingerprint")
     except ArtifactError:  # a plain HF folder without barkit.json is fine to evaluate

@@ -26,6 +26,7 @@ from barkit.artifacts import (
 )
 from barkit.errors import ConfigError
 from barkit.recipe import ExpertSpec, Recipe, StageSpec
+from barkit.suite import SUITE_VERSION
 
 Log = Callable[[str], None]
 
@@ -67,8 +68,6 @@ class Runner:
     ) -> Path:
         """Build ``out/rel`` with ``build(path)`` unless it already holds this key."""
         path = self.out / rel
-        from barkit.suite import SUITE_VERSION
-
         keyed = {"config": config, "suite_version": SUITE_VERSION}
         key = config_fingerprint(keyed, [read_manifest(p).get("fingerprint") for p in inputs])
         manifest = _manifest_or_none(path)

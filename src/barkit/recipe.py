@@ -15,10 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from barkit.errors import ConfigError
+from barkit.merge import SharedPolicy  # one list of policies: the merge's
 
 StageName = Literal["midtrain", "sft", "rlvr"]
 Preset = Literal["micro", "tiny", "small"]
-SharedPolicy = Literal["mean", "weighted", "anchor", "sum"]
 
 
 class _Strict(BaseModel):
