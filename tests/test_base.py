@@ -52,3 +52,51 @@ def test_bad_arch_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err.strip()
     assert code == 2 and "gpt2" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_manifest_records_recipe_and_copy_curve(two_bases: tuple[Path, Path]) -> None:
+    from barkit.base import get_recipe
+
+    manifest = json.loads((two_bases[0] / "barkit.json").read_text())
+    assert manifest["recipe_fingerprint"] == get_recipe("micro").fingerprint("olmo2", "micro", 3)
+    curve = manifest["metrics"]["copy_probe"]
+    steps = [point["total_step"] for point in curve]
+    assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 3
+    assert all(0.0 <= point["copy"] <= 100.0 for point in curve)
+    assert {h["phase"] for h in manifest["metrics"]["history"]} == {"pretrain", "posttrain"}
+    assert (two_bases[0] / "copy_probe.png").is_file()
+
+
+def test_interrupted_build_resumes_bit_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, two_bases: tuple[Path, Path]
+) -> None:
+    import dataclasses
+
+    import barkit.base as base
+
+    monkeypatch.setitem(base.RECIPES, "micro", dataclasses.replace(base.RECIPES["micro"], checkpoint_every=2))
+    reference = base.train_base(tmp_path / "ref", preset="micro", seed=3, progress=False)
+    real_call = base._ProbeLog.__call__
+
+    def interrupt(self: base._ProbeLog, step: int, metrics: dict[str, float]) -> None:
+        if self.phase == "pretrain" and step == 5:
+            raise KeyboardInterrupt
+        real_call(self, step, metrics)
+
+    monkeypatch.setattr(base._ProbeLog, "__call__", interrupt)
+    work = tmp_path / "work"
+    with pytest.raises(KeyboardInterrupt):
+        base.train_base(tmp_path / "b", preset="micro", seed=3, progress=False, work_dir=work)
+    assert (work / "pretrain" / "checkpoint").is_dir() and not (tmp_path / "b").exists()
+    monkeypatch.setattr(base._ProbeLog, "__call__", real_call)
+    resumed = base.train_base(tmp_path / "b", preset="micro", seed=3, progress=False, work_dir=work)
+    assert _weights_equal(tmp_path / "ref", tmp_path / "b")
+    assert resumed["recipe_fingerprint"] == reference["recipe_fingerprint"]
+    assert not work.exists()
+
+
+def _weights_equal(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)

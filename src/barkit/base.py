@@ -1,33 +1,148 @@
-"""The embedded default base: a tiny dense model trained on the micro-suite's general data.
+"""The embedded default base: a micro model that barkit's own recipe pre- and post-trains.
 
-BAR starts from an already post-trained dense model. No weights can be downloaded here, so
-barkit makes its own: a tokenizer, a dense OLMo-2 or Llama model, and one ``pretrain`` stage
-(everything trainable) on the GENERAL categories only: knowledge text plus knowledge, reasoning
-and chat conversations. The base should therefore be good at those and poor at math, code,
-tool use and safety, which is what the domain experts then add.
+BAR starts from an already post-trained dense model whose attention copies from the prompt.
+No weights can be downloaded here, so barkit builds one in two phases:
+
+1. **pre-training** (everything trainable) on the GENERAL categories' raw text and
+   conversations, mixed with freshly generated copy documents (:mod:`barkit.copying`) whose
+   share is annealed down over the phase, so that attention learns to copy early and the
+   model ends as a model of its general data;
+2. **post-training**: SFT (loss on assistant tokens) on knowledge, reasoning and chat
+   conversations plus a small share of "repeat exactly" requests.
+
+The copy probe runs every ``probe_every`` steps of both phases; its curve lands in the
+manifest. The base is good at the general categories and poor at math, code, tool use and
+safety, which the domain experts then add. The tiny base is built once and shipped inside the
+package (:mod:`barkit.shipped`); ``barkit base`` rebuilds it.
+
+Both phases checkpoint into a work folder beside the output and resume from it when the same
+recipe is started again, so an interrupted build loses at most ``checkpoint_every`` steps.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from barkit.errors import BarkitError
-from barkit.suite import GENERAL
+from barkit.suite import GENERAL, SUITE_VERSION
 
-# Items per general category and knowledge documents, per preset: micro keeps `barkit base`
-# under 30 s for tests; tiny gives the demo's base a few epochs over distinct examples.
-_DATA_SIZES: dict[str, tuple[int, int]] = {"micro": (120, 60), "tiny": (4000, 2000), "small": (20000, 8000)}
-# Suite items per category the tokenizer learns from (1000 stays within every category's
-# distinct-item limit; micro uses fewer so the test-sized base trains in seconds).
-_TOKENIZER_SAMPLE = {"micro": 200, "tiny": 1000, "small": 1000}
-# Knowledge questions are a closed set of facts that must be memorised, unlike reasoning and
-# chat items, which are generated fresh; repeating them (5x at tiny) raised the tiny base's
-# knowledge score from 4 to 18 at the same token budget (600 steps, lr 1e-2, 8 x 256).
-_KNOWLEDGE_REPEATS = {"micro": 1, "tiny": 5, "small": 3}
+#: the copy-probe curve, written into the base's folder
+PLOT = "copy_probe.png"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase of the base: optimizer steps and schedule (AdamW, warmup + cosine)."""
+
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """Everything that decides the base's weights, apart from architecture and seed."""
+
+    #: train items per general category, and knowledge documents
+    items: int
+    texts: int
+    #: knowledge questions are a closed set of facts; repeating them helps memorise (5x lifted
+    #: the old tiny base's knowledge from 4 to 18 at the same budget)
+    knowledge_repeats: int
+    #: suite items per category the tokenizer learns from
+    tokenizer_sample: int
+    pretrain: Phase
+    posttrain: Phase
+    #: share of copy rows at the start and the end of pre-training (linear in between)
+    copy_start: float
+    copy_end: float
+    #: "repeat exactly" conversations added to post-training, as a share of its conversations
+    copy_chat: float
+    probe_every: int
+    checkpoint_every: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self, arch: str, preset: str, seed: int) -> str:
+        """What a rebuild must match: recipe, shape, architecture, seed and suite version."""
+        from barkit.presets import get_preset
+
+        keyed = {
+            "recipe": self.to_dict(),
+            "arch": arch,
+            "preset": get_preset(preset).to_dict(),
+            "seed": seed,
+            "suite_version": SUITE_VERSION,
+        }
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+RECIPES: dict[str, BaseRecipe] = {
+    # Seconds: for tests.
+    "micro": BaseRecipe(
+        items=120,
+        texts=60,
+        knowledge_repeats=1,
+        tokenizer_sample=200,
+        pretrain=Phase(steps=6, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1),
+        posttrain=Phase(steps=3, batch_size=4, seq_len=64, lr=1e-3, warmup_steps=1),
+        copy_start=0.5,
+        copy_end=0.1,
+        copy_chat=0.1,
+        probe_every=3,
+        checkpoint_every=0,
+    ),
+    # The shipped base: 16M tokens of pre-training (copying forms after roughly 15-25M tokens
+    # of ordinary text at this batch x context; the copy curriculum should bring it sooner), a
+    # lower peak rate than the old 1e-2 with warmup and cosine decay, then 4M tokens of
+    # post-training. About 2.5 s a step on one contended thread here: 3.5 hours in all.
+    "tiny": BaseRecipe(
+        items=12000,
+        texts=4000,
+        knowledge_repeats=5,
+        tokenizer_sample=1000,
+        pretrain=Phase(steps=4000, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=200),
+        posttrain=Phase(steps=1000, batch_size=16, seq_len=256, lr=1e-3, warmup_steps=50),
+        copy_start=0.5,
+        copy_end=0.1,
+        copy_chat=0.1,
+        probe_every=250,
+        checkpoint_every=250,
+    ),
+    "small": BaseRecipe(
+        items=20000,
+        texts=8000,
+        knowledge_repeats=3,
+        tokenizer_sample=1000,
+        pretrain=Phase(steps=8000, batch_size=16, seq_len=512, lr=1e-3, warmup_steps=300),
+        posttrain=Phase(steps=2000, batch_size=16, seq_len=512, lr=3e-4, warmup_steps=50),
+        copy_start=0.5,
+        copy_end=0.1,
+        copy_chat=0.1,
+        probe_every=500,
+        checkpoint_every=250,
+    ),
+}
+
+
+def get_recipe(preset: str) -> BaseRecipe:
+    try:
+        return RECIPES[preset]
+    except KeyError:
+        raise BarkitError(f"no base recipe for preset {preset!r}; known: {', '.join(RECIPES)}") from None
 
 
 def _items_up_to(name: str, want: int, seed: int) -> list[Any]:
@@ -44,21 +159,129 @@ def _items_up_to(name: str, want: int, seed: int) -> list[Any]:
     raise BarkitError(f"category {name!r} produced no train items")
 
 
-def general_data(preset: str, seed: int) -> tuple[list[str], list[list[dict[str, str]]]]:
+def general_data(recipe: BaseRecipe, seed: int) -> tuple[list[str], list[list[dict[str, str]]]]:
     """(raw texts, conversations) of the general categories for the base model."""
     from barkit.suite import get_category
 
-    n_items, n_texts = _DATA_SIZES[preset]
     texts: list[str] = []
     conversations: list[list[dict[str, str]]] = []
     for name in GENERAL:
         category = get_category(name)
         if category.has_text:
-            texts.extend(category.text(n_texts, seed))
+            texts.extend(category.text(recipe.texts, seed))
         # Whole-list repeats, so that copies of one question land in different packed rows.
-        repeats = _KNOWLEDGE_REPEATS[preset] if name == "knowledge" else 1
-        conversations.extend([item.messages() for item in _items_up_to(name, n_items, seed)] * repeats)
+        repeats = recipe.knowledge_repeats if name == "knowledge" else 1
+        conversations.extend([item.messages() for item in _items_up_to(name, recipe.items, seed)] * repeats)
     return texts, conversations
+
+
+def _stage_config(phase: Phase, seed: int, checkpoint_every: int) -> Any:
+    from barkit.train.config import OptimConfig, StageConfig
+
+    optim = OptimConfig(
+        lr=phase.lr,
+        warmup_steps=phase.warmup_steps,
+        min_lr_ratio=phase.min_lr_ratio,
+        weight_decay=phase.weight_decay,
+    )
+    return StageConfig(
+        kind="pretrain",
+        steps=phase.steps,
+        batch_size=phase.batch_size,
+        seq_len=phase.seq_len,
+        optim=optim,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        log_every=max(1, min(10, phase.steps // 10)),
+    )
+
+
+class _ProbeLog:
+    """Runs the copy probe every ``every`` steps and appends it to ``probe.jsonl``."""
+
+    def __init__(self, model: Any, tokenizer: Any, folder: Path, phase: str, every: int, offset: int) -> None:
+        self.model, self.tokenizer, self.every = model, tokenizer, every
+        self.path, self.phase, self.offset = folder / "probe.jsonl", phase, offset
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if self.every and step % self.every == 0:
+            self.record(step, metrics.get("loss"))
+
+    def record(self, step: int, loss: float | None) -> None:
+        from barkit.copying import copy_probe
+
+        probe = copy_probe(self.model, self.tokenizer, n=64, seed=1)
+        line = {"phase": self.phase, "step": step, "total_step": self.offset + step, "copy": probe["copy"]}
+        line["loss"] = loss
+        with open(self.path, "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+def read_probe_curve(folder: Path) -> list[dict[str, Any]]:
+    """The probe lines of a work folder, one per (phase, step), the last written winning."""
+    path = folder / "probe.jsonl"
+    if not path.is_file():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    latest = {(line["phase"], line["step"]): line for line in lines}
+    return sorted(latest.values(), key=lambda line: line["total_step"])
+
+
+def _work_folder(out: Path, fingerprint: str, work: Path | None) -> Path:
+    """The resumable work folder; one left by another recipe is discarded."""
+    work = work if work is not None else out.parent / f".{out.name}.work"
+    stamp = work / "recipe.txt"
+    if work.exists() and (not stamp.is_file() or stamp.read_text() != fingerprint):
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
+    return work
+
+
+def _tokenizer(work: Path, recipe: BaseRecipe, vocab_size: int, seed: int) -> Any:
+    from transformers import AutoTokenizer
+
+    from barkit.modeling import save_tokenizer
+    from barkit.tokenizer import train_tokenizer
+
+    folder = work / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    tokenizer = train_tokenizer(vocab_size, seed, per_category=recipe.tokenizer_sample)
+    save_tokenizer(tokenizer, folder)
+    return tokenizer
+
+
+def _phase_objectives(
+    tokenizer: Any, recipe: BaseRecipe, seed: int, cfgs: tuple[Any, Any]
+) -> tuple[Callable[[], Any], Callable[[], Any]]:
+    import random
+
+    from barkit.copying import copy_conversation
+    from barkit.train.curriculum import CopyCurriculumObjective
+    from barkit.train.objectives import SFTObjective, mixed_rows
+
+    texts, conversations = general_data(recipe, seed)
+    pre, post = cfgs
+
+    def pretrain() -> Any:
+        rows = mixed_rows(tokenizer, texts, conversations, pre.seq_len)
+        return CopyCurriculumObjective(
+            tokenizer,
+            rows,
+            batch_size=pre.batch_size,
+            seed=seed,
+            total_batches=pre.steps * pre.grad_accum,
+            start_share=recipe.copy_start,
+            end_share=recipe.copy_end,
+        )
+
+    def posttrain() -> Any:
+        rng = random.Random(f"base-posttrain|{seed}")
+        copies = [copy_conversation(rng) for _ in range(round(len(conversations) * recipe.copy_chat))]
+        return SFTObjective.from_conversations(tokenizer, post, conversations + copies)
+
+    return pretrain, posttrain
 
 
 def train_base(
@@ -69,42 +292,112 @@ def train_base(
     steps: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    eval_limit: int | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Train the default base and write it to ``out_dir``; returns its manifest."""
+    """Build the default base into ``out_dir`` (resuming an interrupted build); returns its manifest.
+
+    ``steps`` overrides the pre-training phase's step count; ``eval_limit`` adds a micro-suite
+    evaluation (that many test items per category) and the final copy probe to the manifest.
+    ``work_dir`` holds the checkpoints (default: a hidden folder beside ``out_dir``); it is
+    removed once the base is written.
+    """
+    from dataclasses import replace
+
+    import torch
+
     from barkit.modeling import ARCHES, build_dense, save_model
     from barkit.presets import get_preset
-    from barkit.tokenizer import train_tokenizer
-    from barkit.train.config import default_stage
     from barkit.train.loop import run_stage
-    from barkit.train.objectives import PackedObjective, mixed_rows
 
     if arch not in ARCHES:
         raise BarkitError(f"unknown arch {arch!r}; known: {', '.join(ARCHES)}")
+    recipe = get_recipe(preset)
+    if steps is not None:
+        recipe = replace(recipe, pretrain=replace(recipe.pretrain, steps=steps))
     shape = get_preset(preset)
-    if preset not in _DATA_SIZES:
-        raise BarkitError(f"no base data sizes for preset {preset!r}")
-    cfg = default_stage("pretrain", preset, steps=steps, seed=seed)
-    started = time.perf_counter()
-    tokenizer = train_tokenizer(shape.vocab_size, seed, per_category=_TOKENIZER_SAMPLE[preset])
-    model = build_dense(arch, shape, tokenizer, seed)  # type: ignore[arg-type]
-    texts, conversations = general_data(preset, seed)
-    rows = mixed_rows(tokenizer, texts, conversations, cfg.seq_len)
-    objective = PackedObjective(rows, cfg.batch_size, cfg.seed, cfg.aux_loss_coef)
+    fingerprint = recipe.fingerprint(arch, preset, seed)
     out = Path(out_dir)
-    work = out.parent / f".{out.name}.work"
-    result = run_stage(model, tokenizer, cfg, objective, work, progress=progress)
+    started = time.perf_counter()
+    work = _work_folder(out, fingerprint, Path(work_dir) if work_dir is not None else None)
+    tokenizer = _tokenizer(work, recipe, shape.vocab_size, seed)
+    model = build_dense(arch, shape, tokenizer, seed)  # type: ignore[arg-type]
+    cfgs = (
+        _stage_config(recipe.pretrain, seed, recipe.checkpoint_every),
+        _stage_config(recipe.posttrain, seed + 1, recipe.checkpoint_every),
+    )
+    objectives = _phase_objectives(tokenizer, recipe, seed, cfgs)
+    results = []
+    offset = 0
+    for name, cfg, objective in zip(("pretrain", "posttrain"), cfgs, objectives, strict=True):
+        probe = _ProbeLog(model, tokenizer, work, name, recipe.probe_every, offset)
+        if name == "pretrain" and not (work / name).exists():
+            probe.record(0, None)  # the curve starts at the untrained model
+        result = run_stage(
+            model, tokenizer, cfg, objective(), work / name, resume=True, progress=progress, on_step=probe
+        )
+        results.append(result)
+        offset += cfg.steps
     manifest = {
         "stage": "base",
         "arch": arch,
         "preset": shape.to_dict(),
-        "config": cfg.model_dump(mode="json"),
-        "data": {"categories": list(GENERAL), "texts": len(texts), "conversations": len(conversations)},
-        "tokens": result.tokens,
+        "config": cfgs[0].model_dump(mode="json"),
+        "posttrain_config": cfgs[1].model_dump(mode="json"),
+        "recipe": recipe.to_dict(),
+        "recipe_fingerprint": fingerprint,
+        "suite_version": SUITE_VERSION,
+        "data": {"categories": list(GENERAL), "copy_curriculum": [recipe.copy_start, recipe.copy_end]},
+        "tokens": sum(r.tokens for r in results),
         "seconds": round(time.perf_counter() - started, 2),
-        "train_seconds": round(result.seconds, 2),
-        "metrics": {**result.summary, "history": result.history},
+        "train_seconds": round(sum(r.seconds for r in results), 2),
+        "metrics": {
+            **results[-1].summary,
+            "history": [
+                h | {"phase": n}
+                for n, r in zip(("pretrain", "posttrain"), results, strict=True)
+                for h in r.history
+            ],
+            "copy_probe": read_probe_curve(work),
+        },
         "seed": seed,
+        # A base is bit-reproducible only at the same torch thread count.
+        "torch_threads": torch.get_num_threads(),
     }
-    written = save_model(result.model, tokenizer, out, manifest)  # type: ignore[arg-type]
+    if eval_limit:
+        manifest["eval"] = _evaluate(model, tokenizer, eval_limit)
+    curve = manifest["metrics"]["copy_probe"]
+    written = save_model(model, tokenizer, out, manifest, extra=lambda d: plot_copy_curve(curve, d / PLOT))
     shutil.rmtree(work, ignore_errors=True)
     return written
+
+
+def plot_copy_curve(curve: list[dict[str, Any]], path: Path) -> None:
+    """Copy-probe score against training step, the phase boundary marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for phase, style in (("pretrain", "-"), ("posttrain", "--")):
+        points = [p for p in curve if p["phase"] == phase]
+        xs, ys = [p["total_step"] for p in points], [p["copy"] for p in points]
+        ax.plot(xs, ys, style, marker=".", label=phase)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out spans copied exactly (%)")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=8)
+    ax.set_title("Copy probe during the base's training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _evaluate(model: Any, tokenizer: Any, limit: int) -> dict[str, Any]:
+    from barkit.copying import copy_probe
+    from barkit.evaluate import evaluate
+
+    result = evaluate(model, tokenizer, limit=limit)
+    probe = copy_probe(model, tokenizer, n=200, seed=0)
+    return {"limit": limit, "scores": result.scores, "overall": result.overall, "copy_probe": probe["copy"]}

@@ -154,16 +154,19 @@ def evaluate_folder(
     out_file: str | os.PathLike[str] | None = None,
     *,
     keep_experts: Sequence[int] | None = None,
+    copy_items: int = 0,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load a checkpoint folder, evaluate it and (if ``out_file``) write the JSON atomically.
 
     ``keep_experts`` (MoE only): indices of the experts left switched on, as ``barkit generate
-    --experts`` does; the others get no routing weight.
+    --experts`` does; the others get no routing weight. ``copy_items`` > 0 adds the copy probe
+    (:func:`barkit.copying.copy_probe`, that many held-out spans) as ``copy_probe``.
     """
     import contextlib
 
     from barkit.artifacts import atomic_write_text, read_manifest
+    from barkit.copying import copy_probe
     from barkit.errors import ArtifactError
     from barkit.experts import restrict_experts
     from barkit.modeling import load_model
@@ -174,6 +177,8 @@ def evaluate_folder(
     )
     with switch:
         data = evaluate(model, tokenizer, **kwargs).to_dict()
+        if copy_items > 0:
+            data["copy_probe"] = copy_probe(model, tokenizer, n=copy_items)
     if keep_experts is not None:
         data["settings"]["experts"] = list(keep_experts)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -165,12 +166,19 @@ def save_model(
     tokenizer: PreTrainedTokenizerBase,
     out_dir: str | os.PathLike[str],
     manifest: dict[str, Any],
+    *,
+    extra: Callable[[Path], None] | None = None,
 ) -> dict[str, Any]:
-    """Write a complete artifact folder atomically; returns the manifest with its fingerprint."""
+    """Write a complete artifact folder atomically; returns the manifest with its fingerprint.
+
+    ``extra(folder)`` writes further files (plots) into the folder before it appears.
+    """
     if model.generation_config is None or model.generation_config.eos_token_id is None:
         model.generation_config = generation_config_for(tokenizer)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
+        if extra is not None:
+            extra(tmp)
         written = write_manifest(tmp, manifest)
     return written

@@ -142,23 +142,21 @@ def build_base(runner: Runner) -> Path:
         read_manifest(path)  # an external base must carry barkit.json (run `barkit branch` to see why)
         return path
     from barkit.base import train_base
-    from barkit.presets import get_preset
-    from barkit.train.config import default_stage
+    from barkit.shipped import copy_shipped, expected_fingerprint, find_shipped
 
-    resolved = default_stage("pretrain", recipe.preset, steps=recipe.base.steps, seed=recipe.seed)
-    cfg = {
-        "arch": recipe.base.arch,
-        "model": get_preset(recipe.preset).to_dict(),
-        "stage": resolved.model_dump(mode="json"),
-    }
+    arch, preset, seed = recipe.base.arch, recipe.preset, recipe.seed
+    shipped = find_shipped(arch, preset, seed) if recipe.base.steps is None else None
+    # The key is the base recipe's fingerprint, so the shipped copy and a rebuild share it.
+    cfg = {"arch": arch, "recipe_fingerprint": expected_fingerprint(arch, preset, seed), "steps": None}
+    if shipped is not None:
+        return runner.step("base", "base", cfg, [], lambda p: copy_shipped(shipped, p))
+    cfg["steps"] = recipe.base.steps
     return runner.step(
         "base",
         "base",
         cfg,
         [],
-        lambda p: train_base(
-            p, arch=recipe.base.arch, preset=recipe.preset, steps=recipe.base.steps, seed=recipe.seed
-        ),
+        lambda p: train_base(p, arch=arch, preset=preset, steps=recipe.base.steps, seed=seed),
     )
 
 

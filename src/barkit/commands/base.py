@@ -15,11 +15,31 @@ def main(
     steps: Annotated[int | None, typer.Option(help="Override the preset's step count.")] = None,
     seed: Annotated[int, typer.Option(help="Seed for tokenizer sample, weights and data order.")] = 0,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    eval_limit: Annotated[
+        int,
+        typer.Option(
+            "--eval-limit", help="Evaluate the result on this many test items per category (0 = skip)."
+        ),
+    ] = 0,
+    work: Annotated[
+        Path | None,
+        typer.Option("--work", help="Checkpoint folder to resume from (default: hidden, beside --out)."),
+    ] = None,
 ) -> None:
-    """Train the default dense base on the micro-suite's general data (knowledge, reasoning, chat)."""
+    """Pre- and post-train the default dense base on the micro-suite's general data and a copy
+    curriculum. An interrupted build resumes from its checkpoints when started again."""
     from barkit.base import train_base
 
-    manifest = train_base(out, arch=arch, preset=preset, steps=steps, seed=seed, progress=progress)
+    manifest = train_base(
+        out,
+        arch=arch,
+        preset=preset,
+        steps=steps,
+        seed=seed,
+        progress=progress,
+        eval_limit=eval_limit,
+        work_dir=work,
+    )
     typer.echo(
         f"base written to {out}: {manifest['tokens']:,} tokens in {manifest['seconds']:.1f} s, "
         f"final loss {manifest['metrics']['final_loss']:.3f}, fingerprint {manifest['fingerprint']}"

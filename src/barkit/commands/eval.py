@@ -24,6 +24,10 @@ def main(
         str | None,
         typer.Option("--experts", help="MoE: comma-separated experts to keep switched on (default: all)."),
     ] = None,
+    copy_items: Annotated[
+        int,
+        typer.Option("--copy-probe", help="Held-out spans for the in-prompt copy probe (0 = skip it)."),
+    ] = 100,
 ) -> None:
     """Evaluate a model on the micro-suite's test split and print the scores (0-100)."""
     from barkit.artifacts import require_model_dir
@@ -47,7 +51,11 @@ def main(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         progress=True,
+        copy_items=copy_items,
     )
     typer.echo(format_table({model.name or str(model): {**data["scores"], "overall": data["overall"]}}))
+    if "copy_probe" in data:
+        probe = data["copy_probe"]
+        typer.echo(f"copy probe: {probe['copy']:.1f}% of {probe['items']} held-out spans repeated exactly")
     if out is not None:
         typer.echo(f"wrote {out}")

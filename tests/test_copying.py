@@ -1,0 +1,67 @@
+"""The copy curriculum and the copy probe: held-out spans, annealed shares, exact scoring."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from barkit import copying
+from barkit.copying import copy_conversation, copy_document, copy_probe, is_probe_span, probe_items, span
+
+
+@pytest.fixture(scope="module")
+def micro_tokenizer() -> object:
+    from barkit.tokenizer import train_tokenizer
+
+    return train_tokenizer(600, seed=0, per_category=60)
+
+
+def test_probe_spans_never_reach_training() -> None:
+    rng = random.Random(0)
+    assert not any(is_probe_span(span(rng)) for _ in range(2000))
+    probe = [expected for _, expected in probe_items(200)]
+    assert all(is_probe_span(s) for s in probe)
+    assert len(set(probe)) > 190  # spans are random, not a handful of repeats
+
+
+def test_every_document_kind_copies_something_from_its_context() -> None:
+    rng = random.Random(1)
+    for kind, make in copying.DOCUMENT_KINDS.items():
+        doc = make(rng)
+        head, _, tail = doc.rpartition("\n") if kind in ("record", "signature") else (doc, "", doc)
+        assert tail and head, kind
+    chat = copy_conversation(rng)
+    assert chat[1]["content"] in chat[0]["content"]
+    assert isinstance(copy_document(rng), str)
+
+
+def test_probe_scores_exact_copies_only(monkeypatch: pytest.MonkeyPatch, micro_tokenizer: object) -> None:
+    import barkit.generate
+
+    items = probe_items(10)
+    right = [expected for _, expected in items]
+    wrong = [expected + " x" for expected in right[:5]] + right[5:]
+    for replies, score in ((right, 100.0), (wrong, 50.0)):
+        monkeypatch.setattr(barkit.generate, "generate", lambda *a, r=replies, **k: list(r))
+        assert copy_probe(None, micro_tokenizer, n=10)["copy"] == score
+
+
+def test_curriculum_anneals_the_copy_share(micro_tokenizer: object) -> None:
+    from barkit.train.curriculum import CopyCurriculumObjective
+    from barkit.train.objectives import text_rows
+
+    rows = text_rows(micro_tokenizer, ["Vozol lives in a town. " * 20] * 40, 64)
+    objective = CopyCurriculumObjective(
+        micro_tokenizer, rows, batch_size=8, seed=0, total_batches=100, start_share=1.0, end_share=0.0
+    )
+    general = rows.input_ids
+
+    def copy_rows(index: int) -> int:
+        batch = objective.batch(index)
+        return sum(not any(torch.equal(r, g) for g in general) for r in batch["input_ids"])
+
+    assert copy_rows(0) == 8 and copy_rows(100) == 0
+    assert torch.equal(objective.batch(37)["input_ids"], objective.batch(37)["input_ids"])
+    assert objective.share(50) == pytest.approx(0.5)
