@@ -39,14 +39,15 @@ QUICK = Budget(
 # The full run: 3 seeds at the tiny preset. One seed trains about 9 midtrain, 27 sft, 16 rlvr
 # and 6 router-type stages across all methods, so SFT dominates. Measured 2026-12-02 with one
 # torch thread per process: 38-39 minutes per seed; with two --only-seed processes side by side
-# on the 2 cores, the 3 seeds took 78 minutes (one process for everything: about 2 hours), plus
-# the 1200-step base (about 4.5 minutes at two threads). (An earlier version ran at micro size
-# because it had timed two 2-thread processes sharing the 2 cores, up to 20x slower than one.)
+# on the 2 cores, the 3 seeds took 78 minutes (one process for everything: about 2 hours). The
+# base is the shipped one (barkit.shipped), as BAR starts from a released post-trained model;
+# without one the tiny base recipe is rebuilt first (hours). (An earlier version ran at micro
+# size because it had timed two 2-thread processes sharing the 2 cores, up to 20x slower.)
 FULL = Budget(
     preset="tiny",
     steps={"midtrain": 50, "sft": 120, "rlvr": 8, "router": 40},
     eval_limit=25,
-    base_steps=1200,
+    base_steps=None,
 )
 
 
