@@ -196,27 +196,18 @@ def build_merge(runner: Runner, experts: dict[str, Path], base: Path) -> Path:
 
 
 def build_route(runner: Runner, merged: Path) -> Path:
-    from barkit.route import route
+    """The router stage on the merged model, keyed on the plan it then runs."""
+    from barkit.route import route, route_plan
 
     recipe = runner.recipe
-    from barkit.train.config import default_stage
-
-    resolved = default_stage("router", recipe.preset, steps=recipe.route.steps, seed=recipe.seed)
-    cfg = {"sample": recipe.route.sample, "preset": recipe.preset, "stage": resolved.model_dump(mode="json")}
+    plan = route_plan(merged, preset=recipe.preset, steps=recipe.route.steps, seed=recipe.seed)
+    cfg = {"sample": recipe.route.sample, "preset": recipe.preset, "stage": plan.cfg.model_dump(mode="json")}
     return runner.step(
         "route",
         "routed",
         cfg,
         [merged],
-        lambda p: route(
-            merged,
-            p,
-            sample=recipe.route.sample,
-            seed=recipe.seed,
-            preset=recipe.preset,
-            steps=recipe.route.steps,
-            resume=True,
-        ),
+        lambda p: route(merged, p, sample=recipe.route.sample, plan=plan, resume=True),
     )
 
 

@@ -14,13 +14,16 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from barkit.artifacts import atomic_write_text, config_fingerprint, read_manifest
 from barkit.errors import ArtifactError
 from barkit.train.stage_data import routed_categories, sft_pool_size, stratified_sample
+
+if TYPE_CHECKING:
+    from barkit.train.stages import StagePlan
 
 Conversation = list[dict[str, str]]
 
@@ -87,6 +90,17 @@ def plot_routing(
     os.replace(tmp, path)
 
 
+def route_plan(
+    merged_dir: str | os.PathLike[str], *, preset: str = "tiny", steps: int | None = None, seed: int = 0
+) -> StagePlan:
+    """The router stage of a merged model: the router kind on a merged input, over its experts'
+    domains and the general categories."""
+    from barkit.train.stages import resolve_stage
+
+    domains = expert_domains(read_manifest(Path(merged_dir)))
+    return resolve_stage("router", routed_categories(domains), preset, steps, seed, on="merged")
+
+
 def route(
     merged_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -95,18 +109,22 @@ def route(
     seed: int = 0,
     preset: str = "tiny",
     steps: int | None = None,
+    plan: StagePlan | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Router-only training of a merged model; writes the routed model, fractions and heatmap."""
+    """Router-only training of a merged model; writes the routed model, fractions and heatmap.
+
+    ``plan`` (from :func:`route_plan`) replaces ``seed``, ``preset`` and ``steps``.
+    """
     from barkit.modeling import save_model
     from barkit.train.stage_data import router_sample
-    from barkit.train.stages import resolve_stage, run_stage_on
+    from barkit.train.stages import run_stage_on
 
     merged_dir, out = Path(merged_dir), Path(out_dir)
     manifest = read_manifest(merged_dir)
-    domains = expert_domains(manifest)
-    plan = resolve_stage("router", routed_categories(domains), preset, steps, seed, on="merged")
+    plan = plan or route_plan(merged_dir, preset=preset, steps=steps, seed=seed)
+    seed, preset = plan.cfg.seed, plan.preset
     work = out.parent / f".{out.name}.work"
     trained = run_stage_on(
         merged_dir, plan, work, data=router_sample(sample), resume=resume, progress=progress
