@@ -39,7 +39,7 @@ class ObjectiveInput:
         from barkit.train.kinds import get_kind
 
         sizes = get_kind(self.cfg.kind).at(self.preset)
-        return sizes.domain_items, sizes.general_items if self.cfg.general_mix > 0 else 0
+        return sizes.domain_items, (sizes.general_items if self.cfg.general_mix > 0 else 0)
 
 
 ObjectiveFactory = Callable[[ObjectiveInput], "tuple[Objective, dict[str, Any]]"]
