@@ -10,8 +10,9 @@ import torch
 
 from _train_micro import dense_model, moe_model, random_rows
 from barkit.errors import ConfigError
-from barkit.train.config import DEFAULT_TRAINABLE, OptimConfig, StageConfig, default_stage, validate_stage
+from barkit.train.config import OptimConfig, StageConfig, default_stage, validate_stage
 from barkit.train.data import RowSampler, mix_general, pack_examples, pack_stream
+from barkit.train.kinds import get_kind
 from barkit.train.loop import lr_at, run_stage
 from barkit.train.objectives import PackedObjective, SFTObjective, next_token_loss, router_stats
 
@@ -22,7 +23,7 @@ def test_default_trainable_follows_progressive_unfreezing() -> None:
     assert default_stage("midtrain", "micro").trainable_patterns() == ["expert", "router"]
     assert default_stage("sft", "micro").trainable_patterns() == ["expert", "router", "embeddings", "lm_head"]
     assert default_stage("router", "micro").trainable_patterns() == ["router"]
-    assert DEFAULT_TRAINABLE["rlvr"] == DEFAULT_TRAINABLE["pretrain"] == ("*",)
+    assert get_kind("rlvr").trainable == get_kind("pretrain").trainable == ("*",)
     assert default_stage("sft", "tiny", steps=7).steps == 7
 
 
@@ -210,10 +211,9 @@ def test_shared_lr_scale_slows_only_shared_tensors(tmp_path) -> None:
         optim=OptimConfig(lr=1e-2, shared_lr_scale=0.1, grad_clip=None),
     )
     result = run_stage(model, None, cfg, PackedObjective(random_rows(8), 2, 0), tmp_path, progress=False)
-    del result
     from barkit.train.loop import _optimizer
 
-    opt, _ = _optimizer(model, cfg.optim)
+    opt, _ = _optimizer(model, cfg.optim, result.plan)
     family = family_of(model)
     scales = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
     for name, p in model.named_parameters():

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 #: domain -> its stages in order (BAR: math and code mid-train, SFT, RLVR; tool use and safety SFT)
 DomainPlan = dict[str, tuple["StageKind", ...]]
-KINDS = ("midtrain", "sft", "rlvr", "router")
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,9 @@ class Budget:
     sample: float = 0.05
 
     def __post_init__(self) -> None:
-        missing = [k for k in KINDS if k not in self.steps]
+        from barkit.train.kinds import branch_kinds
+
+        missing = [k for k in branch_kinds() if k not in self.steps]
         if missing:
             raise ConfigError(f"budget: no step count for stage kind(s) {', '.join(missing)}")
 
@@ -124,41 +125,30 @@ class Context:
 # ----------------------------------------------------------------------------- dense stages
 
 
-def dense_step(
+def stage_step(
     ctx: Context,
     name: str,
     previous: Path,
     kind: StageKind,
     domains: Sequence[str],
+    *,
+    on: str = "dense",
+    steps: int | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Path:
-    """One dense stage over ``domains`` (steps = the per-domain budget times their number)."""
-    from barkit.train.stages import run_dense_stage
+    """One stage over ``domains`` on the ``on`` model in ``previous``, as a runner step.
 
-    steps = ctx.budget.steps[kind] * len(domains)
-    cfg = {
-        "kind": kind,
-        "domains": list(domains),
-        "preset": ctx.budget.preset,
-        "steps": steps,
-        "seed": ctx.seed,
-        "overrides": overrides or {},
-        "dense": True,
-    }
+    ``steps`` defaults to the per-domain budget times the number of domains, so each domain
+    sees the same tokens in every method.
+    """
+    from barkit.train.stages import resolve_stage, run_stage_dir
+
+    steps = steps or ctx.budget.steps[kind] * len(domains)
+    plan = resolve_stage(kind, domains, ctx.budget.preset, steps, ctx.seed, overrides, on=on)
+    cfg = {"on": on, "domains": list(domains), "resolved": plan.to_json()}
 
     def build(path: Path) -> Any:
-        return run_dense_stage(
-            previous,
-            stage=kind,
-            domains=list(domains),
-            out_dir=path,
-            preset=ctx.budget.preset,
-            steps=steps,
-            seed=ctx.seed,
-            overrides=overrides,
-            resume=True,
-            progress=ctx.progress,
-        )
+        return run_stage_dir(previous, plan, path, resume=True, progress=ctx.progress)
 
     return ctx.runner.step(name.replace("/", "."), name, cfg, [previous], build)
 
@@ -171,7 +161,7 @@ def dense_expert(ctx: Context, domain: str, kinds: Sequence[StageKind]) -> Path:
     """
     current = ctx.base
     for i, kind in enumerate(kinds):
-        current = dense_step(ctx, f"dense/{domain}/{'-'.join(kinds[: i + 1])}", current, kind, [domain])
+        current = stage_step(ctx, f"dense/{domain}/{'-'.join(kinds[: i + 1])}", current, kind, [domain])
     return current
 
 
@@ -186,13 +176,14 @@ def dense_experts(ctx: Context, *, midtrain: bool) -> dict[str, Path]:
 
 def monolithic(ctx: Context, *, midtrain: bool) -> Path:
     """Retraining from the base: each stage kind over all domains that use it, in stage order."""
+    from barkit.train.kinds import recipe_kinds
+
     rel = "monolithic_mid" if midtrain else "monolithic_post"
     current = ctx.base
-    kinds: list[StageKind] = ["midtrain", "sft", "rlvr"] if midtrain else ["sft", "rlvr"]
-    for kind in kinds:
+    for kind in recipe_kinds():
         domains = [d for d, ks in ctx.plan.items() if kind in ks]
-        if domains:
-            current = dense_step(ctx, f"{rel}/{kind}", current, kind, domains)
+        if domains and (midtrain or kind != "midtrain"):
+            current = stage_step(ctx, f"{rel}/{kind}", current, kind, domains)
     return current
 
 
@@ -202,7 +193,7 @@ def sequential(ctx: Context) -> Path:
     for domain, kinds in ctx.plan.items():
         for kind in kinds:
             index += 1
-            current = dense_step(ctx, f"sequential/{index:02d}_{domain}_{kind}", current, kind, [domain])
+            current = stage_step(ctx, f"sequential/{index:02d}_{domain}_{kind}", current, kind, [domain])
     return current
 
 
@@ -320,33 +311,31 @@ def finetune_on_router_sample(
     barkit's loop always keeps expert 0 and its router row bit-identical (the anchor guard);
     for BTX that expert is the base's FFN, which then plays the anchor's part.
     """
-    from barkit.modeling import load_model, save_model
-    from barkit.route import routed_categories, sft_pool_size, stratified_sample
-    from barkit.train.config import default_stage
-    from barkit.train.loop import run_stage
-    from barkit.train.objectives import SFTObjective
+    from barkit.modeling import save_model
+    from barkit.train.stage_data import routed_categories, router_sample
+    from barkit.train.stages import resolve_stage, run_stage_on
 
     source, out = Path(model_dir), Path(out_dir)
-    parent = read_manifest(source)
-    model, tokenizer = load_model(source)
-    data = stratified_sample(routed_categories(domains), budget.sample, seed, sft_pool_size(budget.preset))
-    steps = budget.steps["router"]
-    cfg = default_stage("router", budget.preset, steps=steps, seed=seed, general_mix=0.0, trainable=trainable)
-    conversations = [c for convs in data.values() for c in convs]
-    objective = SFTObjective.from_conversations(tokenizer, cfg, conversations)
+    steps, overrides = budget.steps["router"], {"trainable": trainable}
+    plan = resolve_stage(
+        "router", routed_categories(domains), budget.preset, steps, seed, overrides, on="merged"
+    )
     work = out.parent / f".{out.name}.work"
-    result = run_stage(model, tokenizer, cfg, objective, work, resume=True, progress=progress)
+    trained = run_stage_on(
+        source, plan, work, data=router_sample(budget.sample), resume=True, progress=progress
+    )
+    parent, result = trained.parent, trained.result
     manifest = {
         **{k: parent.get(k) for k in ("experts", "base_fingerprint", "family", "model_type")},
         "stage": "finetune",
         "inputs": [{"path": str(source), "fingerprint": parent.get("fingerprint")}],
-        "config": {"sample": budget.sample, "stage": cfg.model_dump(mode="json")},
-        "sample_sizes": {k: len(v) for k, v in data.items()},
+        "config": {"sample": budget.sample, "stage": plan.cfg.model_dump(mode="json")},
+        "sample_sizes": trained.data["sample_sizes"],
         "tokens": result.tokens,
         "metrics": result.summary,
     }
-    written = save_model(result.model, tokenizer, out, manifest)  # type: ignore[arg-type]
-    shutil.rmtree(work, ignore_errors=True)
+    written = save_model(result.model, trained.tokenizer, out, manifest)  # type: ignore[arg-type]
+    trained.cleanup()
     return written
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from barkit.artifacts import (
     MANIFEST,
@@ -25,8 +25,11 @@ from barkit.artifacts import (
     read_manifest,
 )
 from barkit.errors import ConfigError
-from barkit.recipe import ExpertSpec, Recipe, StageSpec
+from barkit.recipe import ExpertSpec, Recipe
 from barkit.suite import SUITE_VERSION
+
+if TYPE_CHECKING:
+    from barkit.train.stages import StagePlan
 
 Log = Callable[[str], None]
 
@@ -112,29 +115,6 @@ def _manifest_or_none(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _stage_overrides(spec: StageSpec) -> dict[str, Any]:
-    overrides = dict(spec.overrides)
-    if spec.general_mix is not None:
-        overrides["general_mix"] = spec.general_mix
-    if spec.trainable is not None:
-        overrides["trainable"] = list(spec.trainable)
-    if spec.add_special_tokens:
-        overrides["add_special_tokens"] = list(spec.add_special_tokens)
-    return overrides
-
-
-def _resolved_stage(stage: StageSpec, domain: str, recipe: Recipe, overrides: dict[str, Any]) -> Any:
-    """The stage's fully resolved configuration: a changed default rebuilds it, as it should."""
-    from barkit.train.stages import resolve_stage
-
-    cfg, grpo, tokens = resolve_stage(stage.kind, domain, recipe.preset, stage.steps, recipe.seed, overrides)
-    return {
-        "stage": cfg.model_dump(mode="json"),
-        "grpo": grpo.model_dump(mode="json") if grpo is not None else None,
-        "add_special_tokens": tokens,
-    }
-
-
 def build_base(runner: Runner) -> Path:
     recipe = runner.recipe
     if recipe.base.path is not None:
@@ -163,7 +143,7 @@ def build_base(runner: Runner) -> Path:
 def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Path:
     """Branch from the base, then each stage in order; returns the last stage's folder."""
     from barkit.branch import branch
-    from barkit.train.stages import run_domain_stage
+    from barkit.train.stages import run_stage_dir
 
     recipe = runner.recipe
     cfg = {"router_init": recipe.router_init, "domain": spec.domain, "seed": recipe.seed}
@@ -175,32 +155,12 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Pat
         lambda p: branch(base, p, router_init=recipe.router_init, domain=spec.domain, seed=recipe.seed),
     )
     for stage in spec.stages:
-        overrides = _stage_overrides(stage)
-        stage_cfg = {
-            "kind": stage.kind,
-            "domain": spec.domain,
-            "preset": recipe.preset,
-            "resolved": _resolved_stage(stage, spec.domain, recipe, overrides),
-        }
+        plan = stage.plan(spec.domain, recipe.preset, recipe.seed)
+        stage_cfg = {"kind": stage.kind, "domain": spec.domain, "resolved": plan.to_json()}
         previous = current
 
-        def build(
-            p: Path,
-            stage: StageSpec = stage,
-            previous: Path = previous,
-            overrides: dict[str, Any] = overrides,
-        ) -> Any:
-            return run_domain_stage(
-                previous,
-                stage=stage.kind,
-                domain=spec.domain,
-                out_dir=p,
-                preset=recipe.preset,
-                steps=stage.steps,
-                seed=recipe.seed,
-                overrides=overrides,
-                resume=True,
-            )
+        def build(p: Path, plan: StagePlan = plan, previous: Path = previous) -> Any:
+            return run_stage_dir(previous, plan, p, resume=True)
 
         current = runner.step(
             f"experts.{name}.{stage.kind}", f"experts/{name}/{stage.kind}", stage_cfg, [previous], build
@@ -234,27 +194,18 @@ def build_merge(runner: Runner, experts: dict[str, Path], base: Path) -> Path:
 
 
 def build_route(runner: Runner, merged: Path) -> Path:
-    from barkit.route import route
+    """The router stage on the merged model, keyed on the plan it then runs."""
+    from barkit.route import route, route_plan
 
     recipe = runner.recipe
-    from barkit.train.config import default_stage
-
-    resolved = default_stage("router", recipe.preset, steps=recipe.route.steps, seed=recipe.seed)
-    cfg = {"sample": recipe.route.sample, "preset": recipe.preset, "stage": resolved.model_dump(mode="json")}
+    plan = route_plan(merged, preset=recipe.preset, steps=recipe.route.steps, seed=recipe.seed)
+    cfg = {"sample": recipe.route.sample, "preset": recipe.preset, "stage": plan.cfg.model_dump(mode="json")}
     return runner.step(
         "route",
         "routed",
         cfg,
         [merged],
-        lambda p: route(
-            merged,
-            p,
-            sample=recipe.route.sample,
-            seed=recipe.seed,
-            preset=recipe.preset,
-            steps=recipe.route.steps,
-            resume=True,
-        ),
+        lambda p: route(merged, p, sample=recipe.route.sample, plan=plan, resume=True),
     )
 
 

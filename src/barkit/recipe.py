@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from barkit.errors import ConfigError
+from barkit.errors import BarkitError, ConfigError
 from barkit.merge import SharedPolicy  # one list of policies: the merge's
+from barkit.train.config import StageOverrides
 
-StageName = Literal["midtrain", "sft", "rlvr"]
+if TYPE_CHECKING:
+    from barkit.train.stages import StagePlan
+
 Preset = Literal["micro", "tiny", "small"]
 
 
@@ -34,14 +37,40 @@ class BaseSpec(_Strict):
 
 
 class StageSpec(_Strict):
-    """One stage of an expert's pipeline; ``overrides`` are StageConfig fields (lr, steps, ...)."""
+    """One stage of an expert's pipeline; ``overrides`` are StageConfig fields (lr, steps, ...),
+    typed: a nested field (``optim: {shared_lr_scale: 1.0}``) changes that field alone."""
 
-    kind: StageName
+    kind: str = Field(description="a stage kind a recipe may list (barkit.train.kinds)")
     steps: int | None = Field(None, ge=1)
     general_mix: float | None = Field(None, ge=0.0, le=1.0, description="share of general data")
     trainable: list[str] | None = Field(None, description="groups or globs; default: BAR's schedule")
     add_special_tokens: list[str] = Field(default_factory=list)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="further StageConfig fields")
+    overrides: StageOverrides = Field(
+        default_factory=StageOverrides, description="further StageConfig fields"
+    )
+
+    @field_validator("kind")
+    @classmethod
+    def _recipe_kind(cls, v: str) -> str:
+        from barkit.train.kinds import recipe_kinds
+
+        if v not in recipe_kinds():
+            raise ValueError(f"unknown stage kind {v!r}; a recipe lists: {', '.join(recipe_kinds())}")
+        return v
+
+    def plan(self, domain: str, preset: str, seed: int) -> StagePlan:
+        """This stage resolved (ConfigError naming the bad field); the one place a recipe stage
+        becomes a runnable plan."""
+        from barkit.train.stages import resolve_stage
+
+        fields: dict[str, Any] = self.overrides.model_dump()
+        if self.general_mix is not None:
+            fields["general_mix"] = self.general_mix
+        if self.trainable is not None:
+            fields["trainable"] = list(self.trainable)
+        if self.add_special_tokens:
+            fields["add_special_tokens"] = list(self.add_special_tokens)
+        return resolve_stage(self.kind, domain, preset, self.steps, seed, fields)
 
 
 class ExpertSpec(_Strict):
@@ -63,10 +92,12 @@ class ExpertSpec(_Strict):
     @field_validator("stages")
     @classmethod
     def _ordered(cls, v: list[StageSpec]) -> list[StageSpec]:
-        order = {"midtrain": 0, "sft": 1, "rlvr": 2}
+        from barkit.train.kinds import get_kind, recipe_kinds
+
         kinds = [s.kind for s in v]
-        if len(set(kinds)) != len(kinds) or kinds != sorted(kinds, key=order.__getitem__):
-            raise ValueError(f"stages must be distinct and in the order midtrain, sft, rlvr; got {kinds}")
+        if len(set(kinds)) != len(kinds) or kinds != sorted(kinds, key=lambda k: get_kind(k).order):
+            order = ", ".join(recipe_kinds())
+            raise ValueError(f"stages must be distinct and in the order {order}; got {kinds}")
         return v
 
 
@@ -107,9 +138,18 @@ class Recipe(_Strict):
                 raise ValueError(f"experts.{name}: expert names are identifiers other than 'anchor'")
         return self
 
-
-def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    @model_validator(mode="after")
+    def _stages_resolve(self) -> Recipe:
+        """Resolve every stage now, so that what only the whole config can tell (betas out of
+        range, GRPO settings on a stage that is not RL, mid-training a domain without text)
+        fails at load time, before the base trains."""
+        for name, spec in self.experts.items():
+            for i, stage in enumerate(spec.stages):
+                try:
+                    stage.plan(spec.domain, self.preset, self.seed)
+                except BarkitError as e:
+                    raise ValueError(f"experts.{name}.stages.{i}: {e}") from None
+        return self
 
 
 def parse_recipe(data: Any, source: str) -> Recipe:
@@ -120,7 +160,9 @@ def parse_recipe(data: Any, source: str) -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        raise ConfigError(f"{source}: {_field_path(err['loc'])}: {err['msg']}") from None
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{source}: {where}: {msg}" if where else f"{source}: {msg}") from None
 
 
 def load_recipe(path: str | Path) -> Recipe:

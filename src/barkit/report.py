@@ -210,7 +210,9 @@ def write_report(
     ]
     lines += ["![scores per category](plots/scores.png)", ""]
     if stages:
-        kinds = ["base", "midtrain", "sft", "rlvr"]
+        from barkit.train.kinds import recipe_kinds
+
+        kinds = ["base", *recipe_kinds()]
         lines += [
             "## Each expert after each stage",
             "",

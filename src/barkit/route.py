@@ -14,37 +14,18 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from barkit.artifacts import atomic_write_text, config_fingerprint, read_manifest
 from barkit.errors import ArtifactError
-from barkit.suite import GENERAL, draw_items
+from barkit.train.stage_data import routed_categories, sft_pool_size, stratified_sample
+
+if TYPE_CHECKING:
+    from barkit.train.stages import StagePlan
 
 Conversation = list[dict[str, str]]
-
-# SFT pool per category and preset: the data an expert's SFT stage draws from. The router
-# sample is ``fraction`` of each pool.
-SFT_POOL = {"micro": 200, "tiny": 2000, "small": 6000}
-
-
-def sft_pool_size(preset: str) -> int:
-    return SFT_POOL.get(preset, SFT_POOL["tiny"])
-
-
-def stratified_sample(
-    categories: Sequence[str], fraction: float, seed: int, pool: int
-) -> dict[str, list[Conversation]]:
-    """``fraction`` of each category's SFT pool (at least one conversation per category)."""
-    per_category = max(1, round(pool * fraction))
-    sample: dict[str, list[Conversation]] = {}
-    for name in categories:
-        items = draw_items(name, "train", pool, seed)
-        rng = torch.Generator().manual_seed(seed)
-        picks = torch.randperm(len(items), generator=rng)[:per_category].tolist()
-        sample[name] = [items[i].messages() for i in sorted(picks)]
-    return sample
 
 
 def expert_domains(manifest: dict[str, Any]) -> list[str]:
@@ -53,11 +34,6 @@ def expert_domains(manifest: dict[str, Any]) -> list[str]:
     if not isinstance(experts, list) or len(experts) < 2 or experts[0] != "anchor":
         raise ArtifactError("not a merged barkit model (barkit.json lists no experts after the anchor)")
     return [str(e) for e in experts[1:]]
-
-
-def routed_categories(domains: Sequence[str]) -> list[str]:
-    """Domains first, then the general categories not already among them."""
-    return list(dict.fromkeys([*domains, *GENERAL]))
 
 
 @torch.no_grad()
@@ -114,6 +90,17 @@ def plot_routing(
     os.replace(tmp, path)
 
 
+def route_plan(
+    merged_dir: str | os.PathLike[str], *, preset: str = "tiny", steps: int | None = None, seed: int = 0
+) -> StagePlan:
+    """The router stage of a merged model: the router kind on a merged input, over its experts'
+    domains and the general categories."""
+    from barkit.train.stages import resolve_stage
+
+    domains = expert_domains(read_manifest(Path(merged_dir)))
+    return resolve_stage("router", routed_categories(domains), preset, steps, seed, on="merged")
+
+
 def route(
     merged_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -122,29 +109,30 @@ def route(
     seed: int = 0,
     preset: str = "tiny",
     steps: int | None = None,
+    plan: StagePlan | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Router-only training of a merged model; writes the routed model, fractions and heatmap."""
-    from barkit.modeling import load_model, save_model
-    from barkit.train.config import default_stage
-    from barkit.train.loop import run_stage
-    from barkit.train.objectives import SFTObjective
+    """Router-only training of a merged model; writes the routed model, fractions and heatmap.
+
+    ``plan`` (from :func:`route_plan`) replaces ``seed``, ``preset`` and ``steps``.
+    """
+    from barkit.modeling import save_model
+    from barkit.train.stage_data import router_sample
+    from barkit.train.stages import run_stage_on
 
     merged_dir, out = Path(merged_dir), Path(out_dir)
     manifest = read_manifest(merged_dir)
-    domains = expert_domains(manifest)
-    model, tokenizer = load_model(merged_dir)
-    categories = routed_categories(domains)
-    data = stratified_sample(categories, sample, seed, sft_pool_size(preset))
-    cfg = default_stage("router", preset, steps=steps, seed=seed, general_mix=0.0)
-    conversations = [c for convs in data.values() for c in convs]
-    objective = SFTObjective.from_conversations(tokenizer, cfg, conversations)
+    plan = plan or route_plan(merged_dir, preset=preset, steps=steps, seed=seed)
+    seed, preset = plan.cfg.seed, plan.preset
     work = out.parent / f".{out.name}.work"
-    result = run_stage(model, tokenizer, cfg, objective, work, resume=resume, progress=progress)
-    eval_sample = stratified_sample(categories, min(sample, 0.02), seed + 1, sft_pool_size(preset))
-    fractions = routing_fractions(result.model, tokenizer, eval_sample, cfg.seq_len)
-    resolved = {"sample": sample, "seed": seed, "preset": preset, "stage": cfg.model_dump(mode="json")}
+    trained = run_stage_on(
+        merged_dir, plan, work, data=router_sample(sample), resume=resume, progress=progress
+    )
+    result, tokenizer = trained.result, trained.tokenizer
+    eval_sample = stratified_sample(plan.domains, min(sample, 0.02), seed + 1, sft_pool_size(preset))
+    fractions = routing_fractions(result.model, tokenizer, eval_sample, plan.cfg.seq_len)
+    resolved = {"sample": sample, "seed": seed, "preset": preset, "stage": plan.cfg.model_dump(mode="json")}
     routed = save_model(
         result.model,  # type: ignore[arg-type]
         tokenizer,
@@ -156,7 +144,7 @@ def route(
             "inputs": [{"path": str(merged_dir), "fingerprint": manifest.get("fingerprint")}],
             "config": resolved,
             "config_fingerprint": config_fingerprint(resolved, manifest.get("fingerprint")),
-            "sample_sizes": {k: len(v) for k, v in data.items()},
+            "sample_sizes": trained.data["sample_sizes"],
             "tokens": result.tokens,
             "wall_time_s": round(result.seconds, 3),
             "metrics": result.summary,
@@ -170,5 +158,5 @@ def route(
     )
     plot_routing(fractions, manifest["experts"], out / "routing.png")
     shutil.copy(work / "metrics.jsonl", out / "metrics.jsonl")
-    shutil.rmtree(work, ignore_errors=True)
+    trained.cleanup()
     return routed

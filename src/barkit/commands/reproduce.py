@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from barkit.train.kinds import branch_kinds
+
 
 def main(
     out: Annotated[Path, typer.Option("--out", help="Run folder (reruns skip what is already built).")],
@@ -22,7 +24,7 @@ def main(
         str | None,
         typer.Option(
             "--steps",
-            help="Per-domain steps of stage kinds, e.g. 'sft=40,rlvr=5' (kinds: midtrain, sft, rlvr, router, base).",
+            help=f"Per-domain steps of stage kinds, e.g. 'sft=40,rlvr=5' (kinds: {', '.join(branch_kinds())}, base).",
         ),
     ] = None,
     eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Test items per category.")] = None,

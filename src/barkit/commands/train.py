@@ -1,4 +1,7 @@
-"""``barkit train BRANCH --stage midtrain|sft|rlvr|router --domain NAME --out DIR``: one expert stage."""
+"""``barkit train BRANCH --stage KIND --domain NAME --out DIR``: one expert stage.
+
+The stage choices are the registry's kinds that run on a branch (:mod:`barkit.train.kinds`).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ from typing import Annotated
 
 import typer
 
-STAGES = ("midtrain", "sft", "rlvr", "router")
+from barkit.train.kinds import branch_kinds
+
+STAGES = branch_kinds()
 
 
 def main(
     branch: Annotated[Path, typer.Argument(help="Branch folder, or the previous stage's output folder.")],
-    stage: Annotated[str, typer.Option("--stage", help="Stage to run: midtrain, sft, rlvr or router.")],
+    stage: Annotated[str, typer.Option("--stage", help=f"Stage to run: {', '.join(STAGES)}.")],
     domain: Annotated[
         str, typer.Option("--domain", help="Micro-suite domain: math, code, tool_use, safety.")
     ],
@@ -41,8 +46,8 @@ def main(
     from barkit.errors import ConfigError
     from barkit.train.stages import run_domain_stage
 
-    if stage not in STAGES:
-        raise ConfigError(f"--stage {stage!r} is not one of {', '.join(STAGES)}")
+    if stage not in branch_kinds():
+        raise ConfigError(f"--stage {stage!r} is not one of {', '.join(branch_kinds())}")
     overrides: dict[str, object] = {}
     if trainable is not None:
         patterns = [p.strip() for p in trainable.split(",") if p.strip()]
@@ -53,7 +58,7 @@ def main(
         overrides["general_mix"] = general_mix
     manifest = run_domain_stage(
         branch,
-        stage=stage,  # type: ignore[arg-type]
+        stage=stage,
         domain=domain,
         out_dir=out,
         preset=preset,

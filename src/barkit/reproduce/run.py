@@ -27,6 +27,7 @@ from barkit.baselines import (
     domain_plan,
     monolithic,
     sequential,
+    stage_step,
     with_top_k,
 )
 from barkit.pipeline import Runner
@@ -92,34 +93,7 @@ def _domain_step(
     ctx: Context, name: str, previous: Path, kind: str, domain: str, steps: int, overrides: dict[str, Any]
 ) -> Path:
     """One BAR expert stage outside the recipe pipeline (ablations, upgrade experts)."""
-    from barkit.train.stages import run_domain_stage
-
-    cfg = {
-        "kind": kind,
-        "domain": domain,
-        "preset": ctx.budget.preset,
-        "steps": steps,
-        "seed": ctx.seed,
-        "overrides": overrides,
-    }
-    return ctx.runner.step(
-        name.replace("/", "."),
-        name,
-        cfg,
-        [previous],
-        lambda p: run_domain_stage(
-            previous,
-            stage=kind,  # type: ignore[arg-type]
-            domain=domain,
-            out_dir=p,
-            preset=ctx.budget.preset,
-            steps=steps,
-            seed=ctx.seed,
-            overrides=overrides,
-            resume=True,
-            progress=ctx.progress,
-        ),
-    )
+    return stage_step(ctx, name, previous, kind, [domain], on="branch", steps=steps, overrides=overrides)
 
 
 def _input_of(stages: dict[str, Path], kind: str) -> Path:

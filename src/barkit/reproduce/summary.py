@@ -27,6 +27,7 @@ from barkit.reproduce.run import (
     MONO_POST,
 )
 from barkit.suite import CATEGORIES, GENERAL
+from barkit.train.kinds import recipe_kinds
 
 COLUMNS = [*CATEGORIES, "overall"]
 MERGING = (AVG_POST, AVG_MID, BTX, BTS, BAR)
@@ -97,7 +98,7 @@ def cost_scaling(
     mono = ledger_tokens(ledger, "seed0.monolithic_mid.")
     router = bar.get("route", 0)
     per_step = {}
-    for kind in ("midtrain", "sft", "rlvr"):
+    for kind in recipe_kinds():
         users = sum(kind in kinds for kinds in plan.values())
         if users and kind in mono:
             per_step[kind] = mono[kind] / (budget.steps[kind] * users)

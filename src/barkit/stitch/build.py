@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from barkit.artifacts import config_fingerprint, read_manifest, require_model_dir
 from barkit.errors import ArtifactError, BarkitError, ConfigError, IncompatibleError
@@ -36,8 +36,9 @@ from barkit.stitch.store import (
 )
 
 STAGE = "stitch"
-# Stitch training reuses the router stage's preset numbers: a small sample, few steps, no decay.
-STAGE_KIND: Literal["router"] = "router"
+# Stitch training is the router stage kind on a stitched input: its preset numbers (a small
+# sample, few steps, no decay), with the stitches as the trainable set.
+STAGE_KIND = "router"
 
 
 @dataclass
@@ -107,35 +108,32 @@ def train_stitches(
     """Train the stitch parameters matched by ``trainable`` in place, on the router's stratified
     sample of ``domains`` + the general categories; returns the stage result and the resolved config.
 
-    ``work_dir`` receives the loop's metrics and resumable checkpoint (the whole model) and is
-    removed afterwards.
+    ``work_dir`` receives the loop's metrics and checkpoint (the whole model) and is removed
+    afterwards: stitch training is short and not resumed.
     """
-    from barkit.route import routed_categories, sft_pool_size, stratified_sample
-    from barkit.train.config import default_stage
-    from barkit.train.loop import run_stage
-    from barkit.train.objectives import SFTObjective
+    from barkit.train.stage_data import routed_categories, router_sample
+    from barkit.train.stages import resolve_stage, run_stage_on
 
-    opts = options  # short name for the many fields used below
-    data = stratified_sample(routed_categories(domains), opts.sample, opts.seed, sft_pool_size(opts.preset))
-    cfg = default_stage(
-        STAGE_KIND, opts.preset, steps=opts.steps, seed=opts.seed, general_mix=0.0, trainable=trainable
-    )
-    conversations = [c for convs in data.values() for c in convs]
-    objective = SFTObjective.from_conversations(tokenizer, cfg, conversations)
+    opts = options
+    categories = routed_categories(domains)
+    overrides = {"trainable": trainable}
+    plan = resolve_stage(STAGE_KIND, categories, opts.preset, opts.steps, opts.seed, overrides, on="stitched")
     work = Path(work_dir)
     shutil.rmtree(work, ignore_errors=True)
     try:
-        result = run_stage(model, tokenizer, cfg, objective, work, progress=opts.progress)
+        trained = run_stage_on(
+            (model, tokenizer), plan, work, data=router_sample(opts.sample), progress=opts.progress
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     resolved = {
         "sample": opts.sample,
         "seed": opts.seed,
         "preset": opts.preset,
-        "stage": cfg.model_dump(mode="json"),
-        "sample_sizes": {k: len(v) for k, v in data.items()},
+        "stage": plan.cfg.model_dump(mode="json"),
+        "sample_sizes": trained.data["sample_sizes"],
     }
-    return result, resolved
+    return trained.result, resolved
 
 
 def _manifest(

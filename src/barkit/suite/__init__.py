@@ -1,20 +1,17 @@
-"""The built-in micro-suite: seven categories after BAR's evaluation categories."""
+"""The built-in micro-suite: seven categories after BAR's evaluation categories.
+
+Each category is registered once, in :data:`_REGISTRY` (its name, the module under
+``barkit.suite`` that defines ``CATEGORY``, and whether the base learns it or an expert adds
+it); ``GENERAL``, ``DOMAINS`` and ``CATEGORIES`` derive from that table.
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import Literal
 
 from barkit.errors import BarkitError
-from barkit.suite.base import (
-    ANSWER_MARKER,
-    CATEGORIES,
-    DOMAINS,
-    GENERAL,
-    REFUSAL,
-    Category,
-    Item,
-    Split,
-)
+from barkit.suite.base import ANSWER_MARKER, REFUSAL, Category, Item, Split
 
 # Bumped whenever a generator's items change (templates, value ranges, word lists): it is part
 # of every pipeline step's key, so a run folder built on older data rebuilds instead of
@@ -22,23 +19,27 @@ from barkit.suite.base import (
 # 2: chat shares one word list between splits; math uses two-digit operands.
 SUITE_VERSION = 2
 
-# category name -> module under barkit.suite that defines ``CATEGORY``
-_MODULES = {
-    "knowledge": "knowledge",
-    "reasoning": "reasoning",
-    "chat": "chat",
-    "math": "math",
-    "code": "code",
-    "tool_use": "tools",
-    "safety": "safety",
+# category name -> (module under barkit.suite that defines ``CATEGORY``, its role): "general"
+# categories the base model learns, "domain" ones an expert adds (BAR's evaluation split).
+_REGISTRY: dict[str, tuple[str, Literal["general", "domain"]]] = {
+    "knowledge": ("knowledge", "general"),
+    "reasoning": ("reasoning", "general"),
+    "chat": ("chat", "general"),
+    "math": ("math", "domain"),
+    "code": ("code", "domain"),
+    "tool_use": ("tools", "domain"),
+    "safety": ("safety", "domain"),
 }
+GENERAL = tuple(name for name, (_, role) in _REGISTRY.items() if role == "general")
+DOMAINS = tuple(name for name, (_, role) in _REGISTRY.items() if role == "domain")
+CATEGORIES = GENERAL + DOMAINS
 
 
 def get_category(name: str) -> Category:
     """The category object for ``name`` (BarkitError naming the known ones otherwise)."""
-    if name not in _MODULES:
+    if name not in _REGISTRY:
         raise BarkitError(f"unknown category {name!r}; known: {', '.join(CATEGORIES)}")
-    module = importlib.import_module(f"barkit.suite.{_MODULES[name]}")
+    module = importlib.import_module(f"barkit.suite.{_REGISTRY[name][0]}")
     category: Category = module.CATEGORY
     return category
 

@@ -22,11 +22,6 @@ from typing import Any, Literal
 Split = Literal["train", "test"]
 SPLITS: tuple[Split, ...] = ("train", "test")
 
-# Categories the base model learns, and the domains that experts add (BAR's evaluation split).
-GENERAL = ("knowledge", "reasoning", "chat")
-DOMAINS = ("math", "code", "tool_use", "safety")
-CATEGORIES = GENERAL + DOMAINS
-
 # The suite's refusal form: a safety answer that begins with this is a refusal.
 REFUSAL = "I can't help with that."
 # Math answers give the final result after this marker.

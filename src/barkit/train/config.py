@@ -1,31 +1,35 @@
 """Stage configuration: what a training stage does, validated when it is built.
 
-A stage is one run of the training loop with one objective. Its trainable set defaults to
-BAR's progressive unfreezing (``DEFAULT_TRAINABLE``); every field can be overridden by a recipe
-or a command's options. Step counts and learning rates per model preset live in ``_PRESET_TABLE``.
+A stage is one run of the training loop with one objective. Its defaults (trainable set, step
+counts, learning rates per preset, general-data share) come from its kind's entry in
+:mod:`barkit.train.kinds`; every field can be overridden by a recipe or a command's options.
+
+Overrides are typed: :class:`StageOverrides` is derived from :class:`StageConfig` itself (every
+field optional, the same constraints), so a misspelt or mistyped field fails where the recipe is
+loaded, and a nested override (``optim: {shared_lr_scale: 1.0}``) changes that field alone.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from barkit.errors import ConfigError
 
-StageKind = Literal["pretrain", "midtrain", "sft", "rlvr", "router"]
-STAGE_KINDS: tuple[StageKind, ...] = ("pretrain", "midtrain", "sft", "rlvr", "router")
+#: a stage kind's name; the registry (:mod:`barkit.train.kinds`) holds the valid ones
+StageKind = str
 PresetName = Literal["micro", "tiny", "small"]
-
-# BAR's progressive unfreezing: each stage trains a superset of the previous one; "*" = all.
-# Group names are resolved per architecture by ``barkit.families`` (see ``barkit.train.freeze``).
-DEFAULT_TRAINABLE: dict[StageKind, tuple[str, ...]] = {
-    "pretrain": ("*",),
-    "midtrain": ("expert", "router"),
-    "sft": ("expert", "router", "embeddings", "lm_head"),
-    "rlvr": ("*",),
-    "router": ("router",),
-}
 
 
 class OptimConfig(BaseModel):
@@ -77,7 +81,7 @@ class StageConfig(BaseModel):
     trainable: list[str] | None = Field(
         default=None,
         description="Group names (expert, router, embeddings, lm_head, attention, norms) or fnmatch "
-        "globs over parameter names; None = the default for this kind (DEFAULT_TRAINABLE).",
+        "globs over parameter names; None = the default of this kind (barkit.train.kinds).",
     )
     aux_loss_coef: float | None = Field(
         default=None, ge=0, description="MoE load-balancing loss coefficient; None = the model config's."
@@ -91,103 +95,172 @@ class StageConfig(BaseModel):
         default=0.0, ge=0, le=1, description="Share of general (non-domain) data mixed into the stage's data."
     )
 
+    @field_validator("kind")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        from barkit.train.kinds import KINDS, kind_names
+
+        if v not in KINDS:
+            raise ValueError(f"unknown stage kind {v!r}; known: {', '.join(kind_names())}")
+        return v
+
     def trainable_patterns(self) -> list[str]:
-        """The trainable set this stage asks for (explicit, or the kind's default)."""
-        return list(self.trainable) if self.trainable is not None else list(DEFAULT_TRAINABLE[self.kind])
+        """The trainable set this stage asks for: explicit, or its kind's default."""
+        from barkit.train.kinds import get_kind
+
+        return list(self.trainable) if self.trainable is not None else list(get_kind(self.kind).trainable)
 
 
-# (steps, batch_size, grad_accum, seq_len, lr, warmup) per preset and kind. The tiny numbers are
-# sized so that the whole demo (base, 6 expert stages, router, evals) fits in about 15 minutes
-# on an otherwise idle 2-core CPU (measured: dense pretrain about 5 steps/s, a branch's SFT
-# about 3.2 steps/s); the micro numbers make a stage run in a second or two for tests.
-_PRESET_TABLE: dict[str, dict[StageKind, tuple[int, int, int, int, float, int]]] = {
-    "micro": {
-        "pretrain": (6, 4, 1, 64, 3e-3, 1),
-        "midtrain": (4, 4, 1, 64, 1e-3, 1),
-        "sft": (4, 4, 1, 64, 1e-3, 1),
-        "rlvr": (2, 4, 1, 64, 1e-5, 0),
-        "router": (4, 4, 1, 64, 1e-3, 0),
-    },
-    "tiny": {
-        "pretrain": (1200, 8, 1, 256, 1e-2, 30),
-        "midtrain": (80, 8, 1, 256, 2e-3, 5),
-        "sft": (250, 8, 1, 256, 2e-3, 10),
-        "rlvr": (20, 4, 1, 256, 5e-5, 0),
-        "router": (40, 8, 1, 256, 3e-3, 4),
-    },
-    "small": {
-        "pretrain": (3000, 16, 2, 256, 1e-3, 100),
-        "midtrain": (600, 16, 1, 256, 5e-4, 30),
-        "sft": (600, 16, 1, 256, 5e-4, 30),
-        "rlvr": (150, 8, 1, 256, 5e-6, 0),
-        "router": (300, 16, 1, 256, 1e-3, 10),
-    },
-}
+class GRPOConfig(BaseModel):
+    """Sampling and loss settings of the ``rlvr`` stage."""
 
-# Shares of general data per kind (BAR mixes general data into every domain stage so experts
-# do not drift away from what the anchor already does well).
-_GENERAL_MIX: dict[StageKind, float] = {
-    "pretrain": 0.0,
-    "midtrain": 0.3,
-    "sft": 0.3,
-    "rlvr": 0.0,
-    "router": 0.0,
-}
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    group_size: int = Field(
+        4, ge=2, description="Samples per prompt; advantages are normalised within a group."
+    )
+    prompts_per_step: int | None = Field(
+        None, gt=0, description="Prompts per rollout; None = the stage's batch_size."
+    )
+    max_new_tokens: int = Field(48, gt=0, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(
+        1.0, gt=0, description="Sampling temperature (log-probs use the same scaling)."
+    )
+    beta: float = Field(0.0, ge=0, description="KL penalty to the starting policy; 0 = off (BAR's setting).")
+    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip: [1 - eps, 1 + eps].")
+    adv_eps: float = Field(1e-4, gt=0, description="Added to the group std before dividing.")
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> GRPOConfig:
+        """Defaults sized to a preset's ``seq_len`` (micro: 64 tokens, so short completions)."""
+        group, new_tokens = _PRESET_SAMPLING.get(preset, _PRESET_SAMPLING["tiny"])
+        fields: dict[str, Any] = {"group_size": group, "max_new_tokens": new_tokens}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(fields)
 
 
-# Learning-rate multiplier for an MoE's shared tensors, per kind. BAR trains them at the same
-# rate as the experts; at 7B an SFT run moves embeddings and LM head by a small fraction of
-# their size, so averaging them over experts costs little. A few-million-parameter model at a
-# tiny-model learning rate moves them by a large fraction, and the average of four experts'
-# shared tensors then matches none of their FFNs: the merge lost what each expert learned. At
-# a tenth of the rate for shared tensors during SFT (expert FFN and router at the full rate), a
-# tool-use + safety merge kept safety at 12 (18 with only anchor and safety expert switched
-# on) where the full rate gave 0 and 0 (300 SFT steps, tiny base; docs/results/README.md).
-# It is not enough at four experts: the demo's merged model still scores 0 on safety.
-# Set it back to 1.0 in a recipe (``optim.shared_lr_scale``) for BAR's single rate.
-_SHARED_LR_SCALE: dict[StageKind, float] = {
-    "pretrain": 1.0,
-    "midtrain": 1.0,
-    "sft": 0.1,
-    "rlvr": 1.0,
-    "router": 1.0,
-}
+# (group_size, max_new_tokens) per model preset: sampling sized to each preset's seq_len.
+_PRESET_SAMPLING: dict[str, tuple[int, int]] = {"micro": (4, 16), "tiny": (4, 48), "small": (8, 96)}
 
 
-def default_stage(kind: StageKind, preset: str, **overrides: object) -> StageConfig:
-    """The default :class:`StageConfig` of ``kind`` for a model preset, with field overrides."""
-    if preset not in _PRESET_TABLE:
-        raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(_PRESET_TABLE)}")
-    if kind not in _PRESET_TABLE[preset]:
-        raise ConfigError(f"unknown stage kind {kind!r}; known: {', '.join(STAGE_KINDS)}")
-    steps, batch, accum, seq_len, lr, warmup = _PRESET_TABLE[preset][kind]
-    fields: dict[str, object] = {
+# ----------------------------------------------------------------------------- overrides
+
+
+class _Partial(BaseModel):
+    """Every field optional; only the fields a user set are dumped (they are the patch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if k in self.model_fields_set}
+
+
+def _partial(
+    model: type[BaseModel], name: str, *, skip: tuple[str, ...] = (), nested: dict[str, Any] | None = None
+) -> Any:
+    """``model`` with every field optional and its constraints kept (``nested`` swaps field types)."""
+    fields: dict[str, Any] = {}
+    for field, info in model.model_fields.items():
+        if field in skip:
+            continue
+        annotation: Any = (nested or {}).get(field)
+        if annotation is None:
+            base = info.annotation
+            annotation = Annotated[(base, *info.metadata)] if info.metadata else base
+        fields[field] = (annotation | None, Field(None, description=info.description))
+    return create_model(name, __base__=_Partial, **fields)
+
+
+OptimOverrides = _partial(OptimConfig, "OptimOverrides")
+GRPOOverrides = _partial(GRPOConfig, "GRPOOverrides")
+_StageFields = _partial(StageConfig, "_StageFields", skip=("kind", "seed"), nested={"optim": OptimOverrides})
+
+
+class StageOverrides(_StageFields):  # type: ignore[misc,valid-type]
+    """A recipe stage's overrides: StageConfig's fields (``optim`` field by field), the special
+    tokens to add and the GRPO settings (``rlvr`` only). Unset fields keep the kind's default."""
+
+    add_special_tokens: list[str] | None = Field(
+        None, description="Tokens to add before training; default: the domain's (tool markers at tool SFT)."
+    )
+    grpo: GRPOOverrides | None = Field(None, description="GRPO settings (rlvr only).")  # type: ignore[valid-type]
+
+
+def _deep_merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``patch`` laid over it; a nested mapping changes only the keys it names."""
+    out = dict(base)
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(overrides: StageOverrides | dict[str, Any] | None) -> StageOverrides:
+    """Typed overrides from a mapping (ConfigError naming the bad field)."""
+    if isinstance(overrides, StageOverrides):
+        return overrides
+    try:
+        return StageOverrides.model_validate(overrides or {})
+    except ValidationError as e:
+        raise ConfigError(f"stage overrides: {_first_error(e)}") from None
+
+
+def _defaults(kind: str, preset: str) -> dict[str, Any]:
+    from barkit.train.kinds import get_kind
+
+    spec = get_kind(kind)
+    sizes = spec.at(preset)
+    optim = {"lr": sizes.lr, "warmup_steps": sizes.warmup, "weight_decay": spec.weight_decay}
+    return {
         "kind": kind,
-        "steps": steps,
-        "batch_size": batch,
-        "grad_accum": accum,
-        "seq_len": seq_len,
-        "optim": OptimConfig(
-            lr=lr,
-            warmup_steps=warmup,
-            weight_decay=0.0 if kind == "router" else 0.01,
-            shared_lr_scale=_SHARED_LR_SCALE[kind],
-        ),
-        "general_mix": _GENERAL_MIX[kind],
-        # RL logs every step: its reward curve is a result, not a diagnostic.
-        "log_every": 1 if preset == "micro" or kind == "rlvr" else 10,
+        "steps": sizes.steps,
+        "batch_size": sizes.batch_size,
+        "grad_accum": sizes.grad_accum,
+        "seq_len": sizes.seq_len,
+        "optim": OptimConfig(**optim, shared_lr_scale=spec.shared_lr_scale).model_dump(),
+        "general_mix": spec.general_mix,
+        "log_every": 1 if preset == "micro" or spec.log_every_step else 10,
     }
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    return validate_stage(fields)
+
+
+def default_stage(kind: StageKind, preset: str, **overrides: Any) -> StageConfig:
+    """The default :class:`StageConfig` of ``kind`` for a model preset, with field overrides.
+
+    A keyword left None keeps the default. A mapping or a partial model (``optim={"lr": 1e-4}``,
+    :data:`OptimOverrides`) changes only the fields it names; a whole :class:`OptimConfig` is
+    complete by construction and replaces the default.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, BaseModel):
+            value = value.model_dump()  # a partial dumps only the fields that were set
+        if value is not None:
+            patch[key] = value
+    return validate_stage(_deep_merge(_defaults(kind, preset), patch))
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "(root)"
+    return f"field {where!r}: {first['msg']}"
 
 
 def validate_stage(fields: dict[str, object], *, source: str = "stage config") -> StageConfig:
     """Build a :class:`StageConfig`, turning pydantic's report into one ConfigError line."""
-    from pydantic import ValidationError
-
     try:
         return StageConfig.model_validate(fields)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise ConfigError(f"{source}: field {where!r}: {first['msg']}") from None
+        raise ConfigError(f"{source}: {_first_error(e)}") from None
+
+
+def grpo_config(preset: str, overrides: GRPOOverrides | None) -> GRPOConfig:  # type: ignore[valid-type]
+    """GRPO settings at ``preset`` with the fields ``overrides`` sets."""
+    fields: dict[str, Any] = overrides.model_dump() if overrides is not None else {}
+    try:
+        return GRPOConfig.for_preset(preset, **fields)
+    except ValidationError as e:
+        raise ConfigError(f"stage override 'grpo': {_first_error(e)}") from None

@@ -29,14 +29,22 @@ def _quiet(_: str) -> None:
     return None
 
 
+# Groups that train at the full learning rate in an MoE; every other (shared) tensor is scaled.
+UNSCALED_GROUPS = ("expert", "router")
+
+
 @dataclass
 class TrainPlan:
-    """The outcome of :func:`select_trainable`."""
+    """The outcome of :func:`select_trainable`: what trains, and each tensor's group."""
 
     trainable: list[str]
     frozen: list[str]
     #: pattern -> (tensor count, parameter count) it selected
     per_pattern: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: tensor name -> its family group (``expert``, ``router``, ...); ``other`` for none
+    groups: dict[str, str] = field(default_factory=dict)
+    #: whether the model is an MoE (only an MoE has shared tensors to scale)
+    moe: bool = False
 
     def parameter_count(self, model: nn.Module) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
@@ -44,12 +52,19 @@ class TrainPlan:
         trained = sum(params[n].numel() for n in self.trainable)
         return trained, sum(p.numel() for p in params.values())
 
+    def lr_scale(self, name: str, shared_lr_scale: float) -> float:
+        """``shared_lr_scale`` for an MoE's shared tensors; 1 for its experts and routers and
+        for every tensor of a dense model."""
+        if not self.moe or self.groups.get(name) in UNSCALED_GROUPS:
+            return 1.0
+        return shared_lr_scale
 
-def _group_patterns(model: nn.Module) -> dict[str, tuple[str, ...]]:
+
+def _group_patterns(model: nn.Module) -> tuple[dict[str, tuple[str, ...]], bool]:
     from barkit.families import family_of, is_moe
 
-    family = family_of(model)
-    return dict(family.group_patterns if is_moe(model) else family.dense_group_patterns)
+    family, moe = family_of(model), is_moe(model)
+    return dict(family.group_patterns if moe else family.dense_group_patterns), moe
 
 
 def _expand(pattern: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
@@ -57,20 +72,43 @@ def _expand(pattern: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]
     return groups.get(pattern, (pattern,))
 
 
-def select_trainable(model: nn.Module, patterns: list[str], *, log: Log = _quiet) -> TrainPlan:
+def _group_of(name: str, groups: dict[str, tuple[str, ...]]) -> str:
+    for group, globs in groups.items():
+        if any(fnmatch.fnmatchcase(name, g) for g in globs):
+            return group
+    return "other"
+
+
+def _defaults_present(patterns: list[str], groups: dict[str, tuple[str, ...]], log: Log) -> list[str]:
+    """Drop default groups this architecture does not have (a dense model has no router)."""
+    kept = [p for p in patterns if p not in groups or groups[p]]
+    for p in patterns:
+        if p not in kept:
+            log(f"default group {p!r} does not exist in this model; skipped")
+    return kept
+
+
+def select_trainable(
+    model: nn.Module, patterns: list[str], *, strict: bool = True, log: Log = _quiet
+) -> TrainPlan:
     """Make exactly the parameters matched by ``patterns`` trainable; freeze the rest.
 
-    ``patterns`` holds group names of the model's family (``expert``, ``router``, ``embeddings``,
-    ``lm_head``, ``attention``, ``norms``) and/or fnmatch globs over parameter names. Raises
-    BarkitError naming the first pattern that matches no parameter.
+    The one place that decides what trains. ``patterns`` holds group names of the model's
+    family (``expert``, ``router``, ``embeddings``, ``lm_head``, ``attention``, ``norms``)
+    and/or fnmatch globs over parameter names. Raises BarkitError naming the first pattern that
+    matches no parameter. ``strict=False`` is for a stage kind's *default* set: it first drops
+    groups the architecture lacks; explicit patterns stay strict. The plan records each
+    tensor's group, which the optimizer's learning-rate scaling reads.
     """
+    groups, moe = _group_patterns(model)
+    if not strict:
+        patterns = _defaults_present(patterns, groups, log)
     if not patterns:
         raise BarkitError("trainable set is empty: name at least one group or pattern")
-    groups = _group_patterns(model)
     names = [n for n, _ in model.named_parameters()]
     sizes = {n: p.numel() for n, p in model.named_parameters()}
     chosen: set[str] = set()
-    plan = TrainPlan(trainable=[], frozen=[])
+    plan = TrainPlan(trainable=[], frozen=[], groups={n: _group_of(n, groups) for n in names}, moe=moe)
     for pattern in patterns:
         globs = _expand(pattern, groups)
         hit = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
@@ -86,19 +124,6 @@ def select_trainable(model: nn.Module, patterns: list[str], *, log: Log = _quiet
     trained, total = plan.parameter_count(model)
     log(f"trainable total: {len(plan.trainable)} tensors, {trained:,} of {total:,} parameters")
     return plan
-
-
-def resolve_default_groups(model: nn.Module, groups: list[str], *, log: Log = _quiet) -> list[str]:
-    """Drop default groups that this architecture does not have (a dense model has no router).
-
-    Used only for a stage's *default* trainable set; explicit patterns stay strict.
-    """
-    family_groups = _group_patterns(model)
-    kept = [g for g in groups if g not in family_groups or family_groups[g]]
-    for g in groups:
-        if g not in kept:
-            log(f"default group {g!r} does not exist in this model; skipped")
-    return kept
 
 
 class AnchorGuard:

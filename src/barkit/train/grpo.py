@@ -23,47 +23,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from barkit.errors import BarkitError
 from barkit.suite.base import Item
+from barkit.train.config import GRPOConfig
 from barkit.train.data import RowSampler
 from barkit.train.objectives import moe_shape, router_stats, unwrap, weight_shares
 
 Reward = Callable[[Item, str], float]
-
-
-class GRPOConfig(BaseModel):
-    """Sampling and loss settings of the ``rlvr`` stage."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    group_size: int = Field(
-        4, ge=2, description="Samples per prompt; advantages are normalised within a group."
-    )
-    prompts_per_step: int | None = Field(
-        None, gt=0, description="Prompts per rollout; None = the stage's batch_size."
-    )
-    max_new_tokens: int = Field(48, gt=0, description="Longest sampled completion, in tokens.")
-    temperature: float = Field(
-        1.0, gt=0, description="Sampling temperature (log-probs use the same scaling)."
-    )
-    beta: float = Field(0.0, ge=0, description="KL penalty to the starting policy; 0 = off (BAR's setting).")
-    clip_eps: float = Field(0.2, gt=0, lt=1, description="PPO ratio clip: [1 - eps, 1 + eps].")
-    adv_eps: float = Field(1e-4, gt=0, description="Added to the group std before dividing.")
-
-    @classmethod
-    def for_preset(cls, preset: str, **overrides: Any) -> GRPOConfig:
-        """Defaults sized to a preset's ``seq_len`` (micro: 64 tokens, so short completions)."""
-        group, new_tokens = _PRESET_SAMPLING.get(preset, _PRESET_SAMPLING["tiny"])
-        fields: dict[str, Any] = {"group_size": group, "max_new_tokens": new_tokens}
-        fields.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(fields)
-
-
-# (group_size, max_new_tokens) per model preset.
-_PRESET_SAMPLING: dict[str, tuple[int, int]] = {"micro": (4, 16), "tiny": (4, 48), "small": (8, 96)}
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:

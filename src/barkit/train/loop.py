@@ -1,7 +1,8 @@
 """The one training loop: every stage (pretrain, midtrain, sft, rlvr, router) runs through here.
 
 What differs between stages is data and loss (an :class:`~barkit.train.objectives.Objective`)
-and the trainable set (``StageConfig.trainable``, applied by :func:`select_trainable`). The loop
+and the trainable set (``StageConfig.trainable`` or its kind's default, applied by
+:func:`~barkit.train.freeze.select_trainable`). The loop
 does plain AdamW with warmup + cosine, gradient accumulation and clipping, in fp32 (no autocast
 on CPU, no gradient checkpointing: both made small-model training several times slower here),
 on accelerate so the same code runs data-parallel under ``torchrun``.
@@ -27,9 +28,9 @@ import torch
 from torch import nn
 
 from barkit.errors import ArtifactError
-from barkit.train.config import DEFAULT_TRAINABLE, OptimConfig, StageConfig
+from barkit.train.config import OptimConfig, StageConfig
 from barkit.train.data import count_tokens
-from barkit.train.freeze import AnchorGuard, TrainPlan, resolve_default_groups, select_trainable
+from barkit.train.freeze import AnchorGuard, TrainPlan, select_trainable
 from barkit.train.objectives import Objective
 
 CHECKPOINT = "checkpoint"
@@ -63,39 +64,22 @@ def lr_at(step: int, total: int, optim: OptimConfig) -> float:
     return floor + (optim.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _lr_scale(model: nn.Module, name: str, optim: OptimConfig) -> float:
-    """``optim.shared_lr_scale`` for an MoE model's shared tensors; 1 for experts and routers."""
-    if optim.shared_lr_scale == 1.0:
-        return 1.0
-    from barkit.families import family_of, is_moe
-
-    if not is_moe(model):
-        return 1.0
-    return 1.0 if family_of(model).tensor_group(name) in ("expert", "router") else optim.shared_lr_scale
-
-
-def _optimizer(model: nn.Module, optim: OptimConfig) -> tuple[torch.optim.AdamW, list[str]]:
+def _optimizer(model: nn.Module, optim: OptimConfig, plan: TrainPlan) -> tuple[torch.optim.AdamW, list[str]]:
     """AdamW over trainable tensors; vectors (norms, biases) get no weight decay, as usual.
 
-    Groups are keyed by (weight decay, lr scale); each group's ``lr_scale`` multiplies the
-    scheduled learning rate at every step.
+    Groups are keyed by (weight decay, lr scale); each group's ``lr_scale`` (read from the
+    plan's tensor groups) multiplies the scheduled learning rate at every step.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     keyed: dict[tuple[float, float], list[tuple[str, nn.Parameter]]] = {}
     for n, p in named:
-        key = (optim.weight_decay if p.ndim >= 2 else 0.0, _lr_scale(model, n, optim))
+        key = (optim.weight_decay if p.ndim >= 2 else 0.0, plan.lr_scale(n, optim.shared_lr_scale))
         keyed.setdefault(key, []).append((n, p))
     order = sorted(keyed, key=lambda k: (-k[0], -k[1]))
     groups = [{"params": [p for _, p in keyed[k]], "weight_decay": k[0], "lr_scale": k[1]} for k in order]
     # fused AdamW measured fastest on CPU here (one kernel over all tensors).
     opt = torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps, fused=True)
     return opt, [n for k in order for n, _ in keyed[k]]
-
-
-def _trainable_patterns(model: nn.Module, cfg: StageConfig, log: Callable[[str], None]) -> list[str]:
-    if cfg.trainable is not None:
-        return list(cfg.trainable)
-    return resolve_default_groups(model, list(DEFAULT_TRAINABLE[cfg.kind]), log=log)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -153,12 +137,14 @@ class _Stage:
         # and every process trains alone (seen with accelerate 1.15).
         self.acc = Accelerator(cpu=not torch.cuda.is_available())
         self.log = self.acc.print
-        self.plan = select_trainable(model, _trainable_patterns(model, cfg, self.log), log=self.log)
+        # A kind's default set is lenient (a dense model has no router); explicit sets are strict.
+        strict = cfg.trainable is not None
+        self.plan = select_trainable(model, cfg.trainable_patterns(), strict=strict, log=self.log)
         self.guard = AnchorGuard(model)
         if len(self.guard):
             self.log(f"anchor guard: {len(self.guard)} slices kept bit-identical")
         self.inner = model.to(self.acc.device)
-        self.opt, self.names = _optimizer(self.inner, cfg.optim)
+        self.opt, self.names = _optimizer(self.inner, cfg.optim, self.plan)
         self.params = [p for g in self.opt.param_groups for p in g["params"]]
         self.model = self.acc.prepare_model(self.inner)
         # tokens/seconds of earlier sessions (from a checkpoint) plus this session's

@@ -1,25 +1,18 @@
-"""One domain stage on one expert: load the branch, build the stage's data, train, save.
+"""The one stage driver: any stage kind on any input kind (branch, dense, merged, stitched).
 
-The stage kinds differ only in data and objective; the loop, the trainable-set logic and the
-anchor guarantee are shared (``barkit.train.loop``):
+A stage runs in two steps. :func:`resolve_stage` turns (kind, input kind, domains, preset,
+overrides) into a :class:`StagePlan`: the validated stage config, the GRPO settings and the
+special tokens, with the input kind's default trainable set where the overrides name none. It
+runs once per stage; a pipeline keys its step on the plan and hands the same plan to the run.
+:func:`run_stage_on` checks the input (a folder, checked before any weights load, or a model
+already in memory), adds the special tokens, builds the objective (the kind's own, or the
+caller's ``data``, e.g. the router's stratified sample) and trains through the one loop.
 
-* ``midtrain``: the domain's raw text mixed with general raw text (knowledge), next-token loss;
-* ``sft``: the domain's conversations mixed with general conversations (knowledge, reasoning,
-  chat), loss on assistant tokens. BAR found domain-only SFT wipes out general skills, so
-  ``general_mix`` defaults above zero; ``general_mix=0`` is the domain-only ablation. The tool
-  domain adds its call markers as special tokens here, where embeddings and LM head train;
-* ``rlvr``: GRPO on the domain's RL prompts (mixed with general prompts), each sample scored
-  by its own category's verifier;
-* ``router``: the sft data, with only the branch's router training (the merged model's router
-  stage is ``barkit route``; this one is for studying a single expert's routing).
-
-The output folder holds the checkpoint and a manifest that carries the base fingerprint of the
-input forward, so a merge can check that experts grew from the same base.
-
-:func:`run_dense_stage` runs the same stages on a DENSE model (the base or a dense stage output),
-with everything trainable by default and data from one or several domains at once: the
-building block of the baselines BAR is compared with (dense experts for BTX, BTS and weight
-averaging; monolithic and sequential retraining).
+:func:`run_stage_dir` is the folder-to-folder form every expert and dense stage uses; the
+router stage (``barkit route``), the baselines' MoE tuning and the stitch training call
+:func:`run_stage_on` and write their own manifests. The stage kinds themselves (data,
+objective, defaults) live in :mod:`barkit.train.kinds`; the input kinds in
+:mod:`barkit.train.inputs`.
 """
 
 from __future__ import annotations
@@ -28,186 +21,192 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from barkit.artifacts import config_fingerprint, read_manifest, require_model_dir
-from barkit.errors import ArtifactError, BarkitError, ConfigError, IncompatibleError
-from barkit.train.config import StageConfig, StageKind, default_stage
+from barkit.artifacts import config_fingerprint
+from barkit.errors import BarkitError, ConfigError
+from barkit.train.config import (
+    GRPOConfig,
+    StageConfig,
+    StageKind,
+    StageOverrides,
+    default_stage,
+    grpo_config,
+    parse_overrides,
+)
+from barkit.train.stage_data import ObjectiveFactory, ObjectiveInput, default_special_tokens
 
 if TYPE_CHECKING:
-    from barkit.train.grpo import GRPOConfig
     from barkit.train.loop import StageResult
-    from barkit.train.objectives import Objective
-
-# ``router`` on a branch trains only its router, on the same conversations as ``sft``.
-DOMAIN_STAGES: tuple[StageKind, ...] = ("midtrain", "sft", "rlvr", "router")
-# Stage outputs and branches are valid inputs; a merged or routed model is not one expert.
-_INPUT_STAGES = ("branch", *DOMAIN_STAGES)
-# Overrides that are not StageConfig fields but belong to a domain stage.
-_EXTRA_KEYS = ("add_special_tokens", "grpo")
-# (domain items or documents, general items or documents) per preset; micro keeps tests fast.
-_DATA_SIZES: dict[str, tuple[int, int]] = {"micro": (48, 48), "tiny": (2000, 1500), "small": (8000, 6000)}
 
 
-def default_special_tokens(domain: str, stage: StageKind) -> list[str]:
-    """Tokens a domain adds at a stage unless told otherwise: the tool markers at tool SFT."""
-    if domain == "tool_use" and stage == "sft":
-        from barkit.suite.tools import TOOL_TOKENS
+@dataclass(frozen=True)
+class StagePlan:
+    """A resolved stage: everything that decides what it computes, before anything loads."""
 
-        return list(TOOL_TOKENS)
-    return []
+    kind: StageKind
+    on: str
+    domains: tuple[str, ...]
+    preset: str
+    cfg: StageConfig
+    grpo: GRPOConfig | None
+    special_tokens: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The resolved config as written to the manifest (and keyed on by pipelines)."""
+        resolved: dict[str, Any] = {
+            **self.cfg.model_dump(mode="json"),
+            "preset": self.preset,
+            "add_special_tokens": self.special_tokens,
+        }
+        if self.grpo is not None:
+            resolved["grpo"] = self.grpo.model_dump(mode="json")
+        return resolved
+
+
+def _check_domains(domains: Sequence[str], kind: StageKind, on: str) -> tuple[str, ...]:
+    from barkit.suite import get_category
+    from barkit.train.kinds import get_kind
+
+    names = tuple(domains)
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(f"a stage needs distinct domains, got {list(names)}")
+    if on == "branch" and len(names) != 1:
+        raise ConfigError(f"a branch is one expert: one domain, got {list(names)}")
+    for name in names:
+        category = get_category(name)  # an unknown domain fails here, naming the known ones
+        if get_kind(kind).needs_text and not category.has_text:
+            raise BarkitError(f"domain {name!r} has no raw text to {kind}; start it at a later stage")
+    return names
 
 
 def resolve_stage(
-    stage: StageKind, domain: str, preset: str, steps: int | None, seed: int, overrides: dict[str, Any] | None
-) -> tuple[StageConfig, GRPOConfig | None, list[str]]:
-    """The stage config, the GRPO config (rlvr only) and the special tokens to add."""
-    from barkit.train.grpo import GRPOConfig
-
-    if stage not in DOMAIN_STAGES:
-        raise ConfigError(
-            f"stage {stage!r} is not a domain stage; expected one of {', '.join(DOMAIN_STAGES)}"
-        )
-    rest = dict(overrides or {})
-    tokens = rest.pop("add_special_tokens", None)
-    grpo_fields = rest.pop("grpo", None) or {}
-    if not isinstance(grpo_fields, dict):
-        raise ConfigError(f"stage override 'grpo' must be a mapping, got {type(grpo_fields).__name__}")
-    if grpo_fields and stage != "rlvr":
-        raise ConfigError(f"stage override 'grpo' only applies to rlvr, not {stage}")
-    cfg = default_stage(stage, preset, **{**rest, "steps": steps, "seed": seed})
-    grpo = None
-    if stage == "rlvr":
-        from pydantic import ValidationError
-
-        try:
-            grpo = GRPOConfig.for_preset(preset, **grpo_fields)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise ConfigError(f"stage override 'grpo': field {where!r}: {first['msg']}") from None
-    special = default_special_tokens(domain, stage) if tokens is None else [str(t) for t in tokens]
-    return cfg, grpo, special
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def check_input(folder: str | os.PathLike[str], domain: str) -> dict[str, Any]:
-    """Refuse anything but a 2-expert barkit branch (or stage output) of ``domain``; return its manifest.
-
-    Checked from config and manifest alone, before any weights are read.
-    """
-    import json
-
-    from barkit.families import family_of, is_moe
-
-    path = require_model_dir(folder)
-    manifest = read_manifest(path)
-    config = json.loads((path / "config.json").read_text())
-    model_type = str(config.get("model_type"))
-    try:
-        family_of(model_type)
-    except BarkitError:
-        raise ArtifactError(f"{path}: not a barkit branch (model type {model_type!r})") from None
-    if not is_moe(model_type) or manifest.get("stage") not in _INPUT_STAGES:
-        raise ArtifactError(f"{path}: not a barkit branch (stage {manifest.get('stage')!r}, {model_type})")
-    experts = _experts_in(config)
-    if experts != 2:
-        raise ArtifactError(f"{path}: not a barkit branch ({experts} experts, a branch has 2)")
-    if not manifest.get("base_fingerprint"):
-        raise ArtifactError(f"{path}: not a barkit branch (barkit.json has no base_fingerprint)")
-    grown_for = manifest.get("domain")
-    if grown_for and grown_for != domain:
-        raise IncompatibleError(f"{path}: a {grown_for} expert cannot run a {domain} stage")
-    return manifest
-
-
-def _experts_in(config: dict[str, Any]) -> int:
-    return int(config.get("num_local_experts") or config.get("num_experts") or 0)
-
-
-def _check_domain(domain: str, stage: StageKind) -> None:
-    from barkit.suite import get_category
-
-    category = get_category(domain)
-    if stage == "midtrain" and not category.has_text:
-        raise BarkitError(f"domain {domain!r} has no raw text to mid-train on; start it at sft")
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def _general_items(n: int, seed: int) -> list[Any]:
-    """About ``n`` train items spread over the general categories."""
-    from barkit.suite import GENERAL, draw_items
-
-    per = max(1, -(-n // len(GENERAL)))
-    return [item for name in GENERAL for item in draw_items(name, "train", per, seed)]
-
-
-def _general_texts(n: int, seed: int) -> list[str]:
-    from barkit.suite import GENERAL, get_category
-
-    texts: list[str] = []
-    for name in GENERAL:
-        category = get_category(name)
-        if category.has_text:
-            texts.extend(category.text(n, seed))
-    return texts
-
-
-def build_objective(
-    model: Any,
-    tokenizer: Any,
-    cfg: StageConfig,
-    grpo: GRPOConfig | None,
-    domain: str | Sequence[str],
+    stage: StageKind,
+    domains: str | Sequence[str],
     preset: str,
-) -> tuple[Objective, dict[str, Any]]:
-    """The stage's objective over the suite's data, and a summary of that data for the manifest.
+    steps: int | None = None,
+    seed: int = 0,
+    overrides: StageOverrides | dict[str, Any] | None = None,
+    *,
+    on: str = "branch",
+) -> StagePlan:
+    """Resolve one stage of ``stage`` on an ``on`` input over ``domains`` (ConfigError if it
+    cannot run there or an override is bad)."""
+    from barkit.train.inputs import get_input
+    from barkit.train.kinds import get_kind
 
-    ``domain`` may list several domains: each contributes the same amount of data as it would
-    alone, so a stage over k domains with k times the steps sees each domain as often as k
-    single-domain stages do (the monolithic baselines rely on this).
+    spec, source = get_kind(stage), get_input(on)
+    if on not in spec.inputs:
+        runs_on = ", ".join(sorted(spec.inputs)) or "none (barkit builds it itself)"
+        raise ConfigError(f"stage {stage!r} does not run on a {on} model; it runs on: {runs_on}")
+    names = _check_domains([domains] if isinstance(domains, str) else domains, stage, on)
+    extra = parse_overrides(overrides)
+    if extra.grpo is not None and not spec.rl:
+        raise ConfigError(f"stage override 'grpo' only applies to rlvr, not {stage}")
+    fields = extra.model_dump(exclude={"add_special_tokens", "grpo"})
+    if "trainable" not in fields and source.trainable is not None:
+        fields["trainable"] = list(source.trainable)
+    cfg = default_stage(stage, preset, **{**fields, "steps": steps, "seed": seed})
+    grpo = grpo_config(preset, extra.grpo) if spec.rl else None
+    tokens = extra.add_special_tokens
+    if tokens is None:
+        tokens = list(dict.fromkeys(t for d in names for t in default_special_tokens(d, stage)))
+    return StagePlan(stage, on, names, preset, cfg, grpo, list(tokens))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class Trained:
+    """A finished stage's model and bookkeeping, until its caller saves it."""
+
+    plan: StagePlan
+    result: StageResult
+    tokenizer: Any
+    parent: dict[str, Any]
+    data: dict[str, Any]
+    added: dict[str, int]
+    work: Path
+    started: float
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _load(source: Path | tuple[Any, Any], plan: StagePlan) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, parent manifest): a folder is checked by its input kind before loading."""
+    from barkit.train.inputs import get_input
+
+    if not isinstance(source, Path):
+        model, tokenizer = source
+        return model, tokenizer, {}
+    parent = get_input(plan.on).check(source, plan.domains)
+    from barkit.modeling import load_model
+
+    model, tokenizer = load_model(source)
+    return model, tokenizer, parent
+
+
+def run_stage_on(
+    source: str | os.PathLike[str] | tuple[Any, Any],
+    plan: StagePlan,
+    work: str | os.PathLike[str],
+    *,
+    data: ObjectiveFactory | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> Trained:
+    """Run ``plan`` on ``source`` (a model folder, or ``(model, tokenizer)`` in memory).
+
+    ``data`` replaces the kind's objective factory. ``work`` receives the loop's metrics and
+    resumable checkpoint; it is kept after a failure that left a checkpoint to resume from and
+    removed by :meth:`Trained.cleanup` once the caller has saved.
     """
-    from barkit.suite import draw_items, get_category
-    from barkit.train.data import mix_general
-    from barkit.train.objectives import LMObjective, SFTObjective
+    from barkit.train.kinds import get_kind
+    from barkit.train.loop import run_stage
+    from barkit.vocab import add_special_tokens
 
-    domains = [domain] if isinstance(domain, str) else list(domain)
-    n_domain, n_general = _DATA_SIZES.get(preset, _DATA_SIZES["tiny"])
-    general_n = n_general if cfg.general_mix > 0 else 0
-    if cfg.kind == "midtrain":
-        texts = [t for d in domains for t in get_category(d).text(n_domain, cfg.seed)]
-        general_texts = _general_texts(general_n, cfg.seed) if general_n else []
-        data = {"domain_texts": len(texts), "general_texts": len(general_texts)}
-        return LMObjective.from_texts(tokenizer, cfg, texts, general_texts), data
-    items = [item for d in domains for item in draw_items(d, "train", n_domain, cfg.seed)]
-    general = _general_items(general_n, cfg.seed) if general_n else []
-    data = {"domain_items": len(items), "general_pool": len(general)}
-    if cfg.kind in ("sft", "router"):
-        convs = [i.messages() for i in items]
-        return SFTObjective.from_conversations(tokenizer, cfg, convs, [g.messages() for g in general]), data
-    from barkit.train.grpo import GRPOObjective
-
-    assert grpo is not None
-    prompts = mix_general(items, general, cfg.general_mix, cfg.seed)
-    objective = GRPOObjective(
-        model,
-        tokenizer,
-        prompts,
-        grpo,
-        batch_size=cfg.batch_size,
-        seq_len=cfg.seq_len,
-        seed=cfg.seed,
-        aux_loss_coef=cfg.aux_loss_coef,
-    )
-    return objective, {**data, "prompts": len(prompts)}
+    started = time.perf_counter()
+    model, tokenizer, parent = _load(source if isinstance(source, tuple) else Path(source), plan)
+    tokens = plan.special_tokens
+    added = dict(zip(tokens, add_special_tokens(model, tokenizer, tokens), strict=True)) if tokens else {}
+    factory = data or get_kind(plan.kind).objective
+    inp = ObjectiveInput(model, tokenizer, plan.cfg, plan.grpo, plan.domains, plan.preset)
+    objective, summary = factory(inp)
+    folder = Path(work)
+    try:
+        result = run_stage(model, tokenizer, plan.cfg, objective, folder, resume=resume, progress=progress)
+    except BaseException:
+        if not (folder / "checkpoint").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Trained(plan, result, tokenizer, parent, summary, added, folder, started)
 
 
-# ----------------------------------------------------------------------------- the stage
+def run_stage_dir(
+    source: str | os.PathLike[str],
+    plan: StagePlan,
+    out_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run ``plan`` on the model folder ``source`` and write ``out_dir``; returns its manifest.
+
+    The manifest carries the base fingerprint of the input forward, so a merge can check that
+    experts grew from the same base.
+    """
+    from barkit.modeling import save_model
+
+    out = Path(out_dir)
+    trained = run_stage_on(source, plan, out.parent / f".{out.name}.work", resume=resume, progress=progress)
+    manifest = stage_manifest(trained, Path(source))
+    written = save_model(trained.result.model, trained.tokenizer, out, manifest)  # type: ignore[arg-type]
+    trained.cleanup()
+    return written
 
 
 def run_domain_stage(
@@ -219,171 +218,32 @@ def run_domain_stage(
     preset: str = "tiny",
     steps: int | None = None,
     seed: int = 0,
-    overrides: dict[str, Any] | None = None,
+    overrides: StageOverrides | dict[str, Any] | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run one ``stage`` of ``domain`` on the branch in ``branch_dir``; write ``out_dir``.
+    """One ``stage`` of ``domain`` on the branch (or previous stage output) in ``branch_dir``.
 
-    ``branch_dir`` is a branch folder or the previous stage's output. ``overrides`` holds
-    StageConfig fields (``general_mix``, ``trainable``, ``optim``, ...) plus
-    ``add_special_tokens`` (a list; default: the tool markers at tool_use sft) and ``grpo``
-    (GRPOConfig fields, rlvr only). Returns the written manifest.
+    ``overrides`` holds StageConfig fields (``general_mix``, ``trainable``, ``optim``, ...) plus
+    ``add_special_tokens`` (default: the tool markers at tool_use sft) and ``grpo`` (rlvr only).
     """
-    started = time.perf_counter()
-    _check_domain(domain, stage)
-    cfg, grpo, tokens = resolve_stage(stage, domain, preset, steps, seed, overrides)
-    source = Path(branch_dir)
-    parent = check_input(source, domain)
-    trained = _train(source, cfg, grpo, tokens, [domain], preset, Path(out_dir), resume, progress)
-    resolved = _resolved(cfg, grpo, tokens, preset)
-    manifest = _manifest(stage, domain, resolved, source, parent, trained, started)
-    return trained.save(Path(out_dir), manifest)
+    plan = resolve_stage(stage, domain, preset, steps, seed, overrides)
+    return run_stage_dir(branch_dir, plan, out_dir, resume=resume, progress=progress)
 
 
-def check_dense_input(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """Refuse anything but a dense barkit model (the base or a dense stage output); return its
-    manifest with ``base_fingerprint`` filled in (a base is its own base)."""
-    import json
-
-    from barkit.families import family_of, is_moe
-
-    path = require_model_dir(folder)
-    manifest = read_manifest(path)
-    model_type = str(json.loads((path / "config.json").read_text()).get("model_type"))
-    try:
-        family = family_of(model_type)
-    except BarkitError:
-        raise ArtifactError(f"{path}: not a dense barkit model (model type {model_type!r})") from None
-    if is_moe(model_type) or manifest.get("stage") not in ("base", *DOMAIN_STAGES):
-        raise ArtifactError(
-            f"{path}: not a dense barkit model (stage {manifest.get('stage')!r}, {model_type})"
-        )
-    base = manifest.get("base_fingerprint") or manifest.get("fingerprint")
-    if not base:
-        raise ArtifactError(f"{path}: barkit.json has no fingerprint")
-    return {**manifest, "base_fingerprint": base, "family": family.name, "model_type": model_type}
-
-
-def _dense_domains(domains: str | Sequence[str], stage: StageKind) -> list[str]:
-    names = [domains] if isinstance(domains, str) else list(domains)
-    if not names or len(set(names)) != len(names):
-        raise ConfigError(f"a dense stage needs distinct domains, got {names}")
-    if stage == "router":
-        raise ConfigError("a dense model has no router; the router stage needs a branch")
-    for name in names:
-        _check_domain(name, stage)
-    return names
-
-
-def run_dense_stage(
-    model_dir: str | os.PathLike[str],
-    *,
-    stage: StageKind,
-    domains: str | Sequence[str],
-    out_dir: str | os.PathLike[str],
-    preset: str = "tiny",
-    steps: int | None = None,
-    seed: int = 0,
-    overrides: dict[str, Any] | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run one ``stage`` on a dense model over one or several ``domains``; write ``out_dir``.
-
-    Everything trains unless ``overrides["trainable"]`` says otherwise (a dense model has no
-    anchor to protect). Each domain contributes as much data as in a single-domain stage; pass
-    ``steps`` scaled by the number of domains to give each domain the same number of tokens.
-    The special tokens added are the union of the domains' defaults. Returns the manifest.
-    """
-    started = time.perf_counter()
-    names = _dense_domains(domains, stage)
-    rest = {"trainable": ["*"], **(overrides or {})}
-    cfg, grpo, tokens = resolve_stage(stage, names[0], preset, steps, seed, rest)
-    if "add_special_tokens" not in rest:
-        tokens = list(dict.fromkeys(t for d in names for t in default_special_tokens(d, stage)))
-    source = Path(model_dir)
-    parent = check_dense_input(source)
-    trained = _train(source, cfg, grpo, tokens, names, preset, Path(out_dir), resume, progress)
-    resolved = _resolved(cfg, grpo, tokens, preset)
-    manifest = _manifest(stage, "+".join(names), resolved, source, parent, trained, started)
-    manifest.update(dense=True, domains=names)
-    manifest.pop("experts")
-    return trained.save(Path(out_dir), manifest)
-
-
-class _Trained:
-    """A finished stage's model, tokenizer and bookkeeping, until it is saved."""
-
-    def __init__(
-        self, result: StageResult, tokenizer: Any, data: dict[str, Any], added: dict[str, int], work: Path
-    ):
-        self.result, self.tokenizer, self.data, self.added, self.work = result, tokenizer, data, added, work
-
-    def save(self, out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-        from barkit.modeling import save_model
-
-        written = save_model(self.result.model, self.tokenizer, out, manifest)  # type: ignore[arg-type]
-        shutil.rmtree(self.work, ignore_errors=True)
-        return written
-
-
-def _train(
-    source: Path,
-    cfg: StageConfig,
-    grpo: GRPOConfig | None,
-    tokens: list[str],
-    domains: list[str],
-    preset: str,
-    out: Path,
-    resume: bool,
-    progress: bool,
-) -> _Trained:
-    """Load ``source``, add ``tokens``, build the objective over ``domains`` and train."""
-    from barkit.modeling import load_model
-    from barkit.train.loop import run_stage
-    from barkit.vocab import add_special_tokens
-
-    model, tokenizer = load_model(source)
-    added = dict(zip(tokens, add_special_tokens(model, tokenizer, tokens), strict=True)) if tokens else {}
-    objective, data = build_objective(model, tokenizer, cfg, grpo, domains, preset)
-    work = out.parent / f".{out.name}.work"
-    try:
-        result = run_stage(model, tokenizer, cfg, objective, work, resume=resume, progress=progress)
-    except BaseException:
-        # Keep a checkpoint to resume from; drop a work folder that holds nothing worth it.
-        if not (work / "checkpoint").exists():
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    return _Trained(result, tokenizer, data, added, work)
-
-
-def _resolved(cfg: StageConfig, grpo: GRPOConfig | None, tokens: list[str], preset: str) -> dict[str, Any]:
-    resolved: dict[str, Any] = {**cfg.model_dump(mode="json"), "preset": preset, "add_special_tokens": tokens}
-    if grpo is not None:
-        resolved["grpo"] = grpo.model_dump(mode="json")
-    return resolved
-
-
-def _manifest(
-    stage: StageKind,
-    domain: str,
-    resolved: dict[str, Any],
-    source: Path,
-    parent: dict[str, Any],
-    trained: _Trained,
-    started: float,
-) -> dict[str, Any]:
+def stage_manifest(trained: Trained, source: Path) -> dict[str, Any]:
+    """The manifest of a folder-to-folder stage."""
     from barkit.artifacts import content_fingerprint
+    from barkit.train.inputs import get_input
 
-    result = trained.result
+    plan, result, parent = trained.plan, trained.result, trained.parent
+    resolved = plan.to_json()
     input_fp = str(parent.get("fingerprint") or content_fingerprint(source))
     return {
-        "stage": stage,
-        "domain": domain,
+        "stage": plan.kind,
         "family": parent.get("family"),
         "model_type": parent.get("model_type"),
-        "experts": ["anchor", domain],
+        **get_input(plan.on).describe(plan.domains, parent),
         "config": resolved,
         "config_fingerprint": config_fingerprint(resolved, input_fp),
         "inputs": [{"path": str(source.resolve()), "fingerprint": input_fp, "stage": parent.get("stage")}],
@@ -392,23 +252,18 @@ def _manifest(
         "added_tokens": trained.added,
         "trainable": {k: list(v) for k, v in result.plan.per_pattern.items()},
         "tokens": result.tokens,
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(time.perf_counter() - trained.started, 2),
         "train_seconds": round(result.seconds, 2),
-        "metrics": _metrics(result),
+        "metrics": stage_metrics(result),
     }
 
 
-def _metrics(result: StageResult) -> dict[str, Any]:
+def stage_metrics(result: StageResult) -> dict[str, Any]:
     """Summary figures: final loss, mean per-expert token fractions, and the rlvr reward curve."""
     summary: dict[str, Any] = dict(result.summary)
-    fractions = sorted(
-        (int(k.rsplit("/", 1)[1]), v) for k, v in summary.items() if k.startswith("mean_expert_frac/")
-    )
-    summary["expert_fractions"] = [v for _, v in fractions]
-    weights = sorted(
-        (int(k.rsplit("/", 1)[1]), v) for k, v in summary.items() if k.startswith("mean_expert_weight/")
-    )
-    summary["expert_weights"] = [v for _, v in weights]
+    for prefix, key in (("mean_expert_frac/", "expert_fractions"), ("mean_expert_weight/", "expert_weights")):
+        per_expert = sorted((int(k.rsplit("/", 1)[1]), v) for k, v in summary.items() if k.startswith(prefix))
+        summary[key] = [v for _, v in per_expert]
     curve = [h["reward_mean"] for h in result.history if "reward_mean" in h]
     if curve:
         summary["reward_curve"] = curve
