@@ -99,6 +99,11 @@ def test_rl_rows_unpack_suite_export_meta(tmp_path):
     assert rows[0].meta["category"] == "code" and rows[0].prompt == exported[0]["prompt"]
 
 
+def test_jsonl_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "bom.jsonl").write_text("\ufeff" + json.dumps({"text": "one"}) + "\n", encoding="utf-8")
+    assert list(iter_text(tmp_path / "bom.jsonl")) == ["one"]
+
+
 def test_jsonl_is_read_line_by_line(tmp_path):
     # a bad line late in the file surfaces only when reached: the file is never parsed whole
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": "one"}, {"text": "two"}], raw_lines=["{oops"])
@@ -255,3 +260,14 @@ def test_template_that_rewrites_history_is_refused(tokenizer):
     odd.chat_template = "{{ messages[-1]['content'] }}{% if add_generation_prompt %}>{% endif %}"
     with pytest.raises(BarkitError, match="add \\{% generation %\\} markers"):
         encode_chat(odd, CHAT)
+
+
+def test_generation_blocks_that_mark_nothing_are_refused(tokenizer):
+    empty = copy.deepcopy(tokenizer)
+    marked = "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    assert marked in CHAT_TEMPLATE
+    empty.chat_template = CHAT_TEMPLATE.replace(
+        marked, "{{ message['content'] + eos_token }}{% generation %}{% endgeneration %}"
+    )
+    with pytest.raises(BarkitError, match="mark no assistant token"):
+        encode_chat(empty, CHAT)

@@ -97,7 +97,7 @@ def records(path: str | os.PathLike[str]) -> Iterator[tuple[str, dict[str, Any]]
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark some editors write is no error
         for number, line in enumerate(_lines(f, path), start=1):
             if not line.strip():
                 continue  # a blank line (often the last) is no record
@@ -347,6 +347,8 @@ def encode_chat(
         ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
     else:
         ids, mask = _encode_by_spans(tokenizer, messages)
+    if not any(mask) and any(m["role"] == "assistant" for m in messages):
+        raise BarkitError("the chat template's {% generation %} blocks mark no assistant token")
     if max_len is not None:
         ids, mask = ids[:max_len], mask[:max_len]
     return ids, mask
