@@ -136,6 +136,8 @@ def test_user_function(tmp_path, monkeypatch):
         "def score(completion, row):\n    return float(row.answer.lower() in completion.lower())\n"
         "def broken(completion, row):\n    raise KeyError('label')\n"
         "def too_big(completion, row):\n    return 2\n"
+        "def yes(completion, row):\n    return True\n"
+        "def nan(completion, row):\n    return float('nan')\n"
     )
     assert get_verifier(f"{tmp_path / 'myscore.py'}:score").score("it is PARIS", row("paris")) == 1.0
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -144,6 +146,9 @@ def test_user_function(tmp_path, monkeypatch):
         get_verifier("myscore:broken").score("x", row("y"))
     with pytest.raises(VerifierError, match=r"returned 2 on d.jsonl line 3, not a score in \[0, 1\]"):
         get_verifier("myscore:too_big").score("x", row("y"))
+    assert get_verifier("myscore:yes").score("x", row("y")) == 1.0
+    with pytest.raises(VerifierError, match="returned nan"):
+        get_verifier("myscore:nan").score("x", row("y"))
     with pytest.raises(VerifierError, match="has no function 'nope'"):
         get_verifier("myscore:nope")
     with pytest.raises(VerifierError, match="cannot import 'no_such_module_xyz'"):

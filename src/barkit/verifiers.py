@@ -36,6 +36,7 @@ import importlib
 import importlib.util
 import json
 import math
+import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,7 +74,8 @@ class Verifier:
             raise VerifierError(
                 f"verifier {self.name!r} failed on {where}: {type(e).__name__}: {detail[0] if detail else ''}"
             ) from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        # any real number counts (a bool, a numpy float); NaN fails the range check
+        if not isinstance(value, numbers.Real) or not 0.0 <= value <= 1.0:
             raise VerifierError(
                 f"verifier {self.name!r} returned {value!r} on {where}, not a score in [0, 1]"
             )
