@@ -405,7 +405,10 @@ def _run_harness(program: str, nonce: str, timeout_s: float, memory_mb: int) -> 
     lines = [line for line in result.stdout.splitlines() if line.startswith(nonce)]
     if not lines:
         return []
-    results = json.loads(lines[-1][len(nonce) :])
+    try:
+        results = json.loads(lines[-1][len(nonce) :])
+    except json.JSONDecodeError:  # a line cut by the sandbox's output cap: the program failed
+        return []
     return results if isinstance(results, list) else []
 
 
