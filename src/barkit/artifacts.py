@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +69,39 @@ def content_fingerprint(folder: str | os.PathLike[str]) -> str:
     excluded so that metrics and wall times do not change the identity of a model.
     """
     folder = Path(folder)
-    h = hashlib.sha256()
     names = sorted(
         p.name for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES) or p.name in CONTENT_FILES
     )
     if not names:
         raise ArtifactError(f"{folder}: no weights to fingerprint")
+    return hash_files(folder, names)
+
+
+def hash_files(root: str | os.PathLike[str], names: Iterable[str]) -> str:
+    """SHA-256 over each file's name (relative to ``root``) and bytes, streamed, in the given order.
+
+    Names enter the hash so that moving bytes from one file to another changes the result.
+    """
+    root = Path(root)
+    h = hashlib.sha256()
     for name in names:
         h.update(name.encode())
-        with open(folder / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+        _hash_bytes(h, root / name)
     return h.hexdigest()[:16]
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of one file's bytes (a dataset, a GGUF): renaming the file keeps its identity."""
+    h = hashlib.sha256()
+    _hash_bytes(h, Path(path))
+    return h.hexdigest()[:16]
+
+
+def _hash_bytes(h: Any, path: Path) -> None:
+    # 4 MiB chunks: a multi-gigabyte checkpoint never sits in memory whole
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
 
 
 def config_fingerprint(*parts: Any) -> str:

@@ -32,10 +32,12 @@ def build_app() -> typer.Typer:
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"barkit.commands.{info.name}")
+        # a trailing underscore lets a command share a Python keyword's name (import_ -> import)
+        name = info.name.rstrip("_").replace("_", "-")
         if hasattr(module, "app"):
-            app.add_typer(module.app, name=info.name.replace("_", "-"))
+            app.add_typer(module.app, name=name)
         else:
-            app.command(name=info.name.replace("_", "-"))(module.main)
+            app.command(name=name)(module.main)
     return app
 
 

@@ -20,3 +20,14 @@ class IncompatibleError(BarkitError):
 
 class ArtifactError(BarkitError):
     """A missing, corrupt or foreign artifact folder."""
+
+
+class DataError(BarkitError):
+    """A user's dataset that cannot be used: missing, malformed, empty, or a row without a field.
+
+    The message names the file and the line (JSONL) or row index (Parquet, saved dataset).
+    """
+
+
+class VerifierError(BarkitError):
+    """A verifier that failed on a row, or a user verifier that cannot be loaded."""

@@ -247,6 +247,9 @@ FAMILIES = (
 )
 FAMILY_BY_NAME = {f.name: f for f in FAMILIES}
 TESTS_PER_ITEM = 4
+#: Wall-clock seconds and memory for one completion's test run (interpreter start included).
+TEST_TIMEOUT_S = 3.0
+TEST_MEMORY_MB = 256
 
 
 def constant_split(family: str, constant: int) -> Split:
@@ -325,16 +328,88 @@ def _same(got: Any, expected: Any) -> bool:
     return type(got) is type(expected) and got == expected
 
 
-def _passed(stdout: str, nonce: str, tests: list[dict[str, Any]]) -> int:
-    lines = [line for line in stdout.splitlines() if line.startswith(nonce)]
+def run_tests(
+    code: str,
+    function: str,
+    tests: list[dict[str, Any]],
+    *,
+    timeout_s: float = TEST_TIMEOUT_S,
+    memory_mb: int = TEST_MEMORY_MB,
+) -> float:
+    """Fraction of ``tests`` (``{"args": [...], "expected": ...}``) that ``function`` passes.
+
+    All tests run in one sandboxed process; results come back as JSON and are compared here
+    (:func:`_same`), so an object with a doctored ``__eq__`` earns nothing.
+    """
+    nonce = _nonce()
+    args_json = json.dumps([t["args"] for t in tests])
+    program = code + _HARNESS.format(name=function, tests=args_json, nonce=nonce)
+    results = _run_harness(program, nonce, timeout_s, memory_mb)
+    passed = sum(
+        1
+        for encoded, test in zip(results, tests, strict=False)  # a short list fails the rest
+        if encoded is not None and _same(json.loads(encoded), test["expected"])
+    )
+    return passed / len(tests)
+
+
+def run_asserts(
+    code: str, asserts: list[str], *, timeout_s: float = TEST_TIMEOUT_S, memory_mb: int = TEST_MEMORY_MB
+) -> float:
+    """Fraction of assert statements (MBPP/HumanEval style) that hold after ``code`` runs.
+
+    The asserts run inside the sandbox on the program's own objects, so unlike
+    :func:`run_tests` a returned object with a doctored ``__eq__`` can pass them.
+    """
+    nonce = _nonce()
+    tag = nonce.strip("@").replace("-", "_")  # harness names the candidate's code cannot guess
+    program = (
+        _ASSERT_PROLOGUE.format(tag=tag)
+        + code
+        + _ASSERT_HARNESS.format(tag=tag, tests=json.dumps(asserts), nonce=nonce)
+    )
+    results = _run_harness(program, nonce, timeout_s, memory_mb)
+    return sum(1 for ok in results[: len(asserts)] if ok is True) / len(asserts)
+
+
+# Captured before the candidate's code runs, under names it cannot know, so that rebinding
+# ``exec`` or ``sys.stdout`` cannot turn failing asserts into passes.
+_ASSERT_PROLOGUE = """import builtins as _b_{tag}, json as _j_{tag}, sys as _s_{tag}
+_exec_{tag}, _dumps_{tag}, _write_{tag} = _b_{tag}.exec, _j_{tag}.dumps, _s_{tag}.stdout.write
+"""
+_ASSERT_HARNESS = """
+
+def _check_{tag}(tests, nonce, scope):
+    out = []
+    for test in tests:
+        try:
+            _exec_{tag}(test, scope)
+            out.append(True)
+        except BaseException:
+            out.append(False)
+    _write_{tag}("\\n" + nonce + _dumps_{tag}(out) + "\\n")
+
+_check_{tag}(_j_{tag}.loads({tests!r}), {nonce!r}, globals())
+"""
+
+
+def _nonce() -> str:
+    return "@@barkit-" + secrets.token_hex(8) + "@@"
+
+
+def _run_harness(program: str, nonce: str, timeout_s: float, memory_mb: int) -> list[Any]:
+    """Run a program with a harness in the sandbox; the harness's result list ([] on failure)."""
+    result = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb)
+    if result.timed_out or result.returncode < 0:
+        return []
+    lines = [line for line in result.stdout.splitlines() if line.startswith(nonce)]
     if not lines:
-        return 0
-    results = json.loads(lines[-1][len(nonce) :])
-    passed = 0
-    for encoded, test in zip(results, tests, strict=False):  # a short list fails the rest
-        if encoded is not None and _same(json.loads(encoded), test["expected"]):
-            passed += 1
-    return passed
+        return []
+    try:
+        results = json.loads(lines[-1][len(nonce) :])
+    except json.JSONDecodeError:  # a line cut by the sandbox's output cap: the program failed
+        return []
+    return results if isinstance(results, list) else []
 
 
 class CodeCategory(Category):
@@ -343,8 +418,8 @@ class CodeCategory(Category):
     name = "code"
     has_text = True
     #: Wall-clock seconds for one completion's run (interpreter start included).
-    timeout_s: float = 3.0
-    memory_mb: int = 256
+    timeout_s: float = TEST_TIMEOUT_S
+    memory_mb: int = TEST_MEMORY_MB
 
     def items(self, split: Split, n: int, seed: int = 0) -> list[Item]:
         rng = rng_for(self.name, split, seed)
@@ -383,16 +458,11 @@ class CodeCategory(Category):
             return 0.0
 
     def _score(self, item: Item, completion: str) -> float:
+        code = extract_code(completion)
         tests = item.meta["tests"]
-        nonce = "@@barkit-" + secrets.token_hex(8) + "@@"
-        args_json = json.dumps([t["args"] for t in tests])
-        program = extract_code(completion) + _HARNESS.format(
-            name=item.meta["function"], tests=args_json, nonce=nonce
+        return run_tests(
+            code, item.meta["function"], tests, timeout_s=self.timeout_s, memory_mb=self.memory_mb
         )
-        result = run_python(program, timeout_s=self.timeout_s, memory_mb=self.memory_mb)
-        if result.timed_out or result.returncode < 0:
-            return 0.0
-        return _passed(result.stdout, nonce, tests) / len(tests)
 
 
 CATEGORY = CodeCategory()

@@ -33,7 +33,7 @@ class Param:
     """One parameter of a tool's JSON schema."""
 
     name: str
-    type: str  # "string", "integer", "number" or "boolean"
+    type: str  # "string", "integer", "number", "boolean" (and "array", "object" in users' schemas)
     required: bool = True
     enum: tuple[str, ...] = ()
     #: Value pool for generated requests; the split takes a disjoint part of it (see _pool).
@@ -340,6 +340,8 @@ def valid_value(param: Param, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if param.type == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if param.type in ("array", "object"):  # a user's schema; the catalogue has neither
+        return isinstance(value, list if param.type == "array" else dict)
     if not isinstance(value, str):
         return False
     return not param.enum or value.strip().lower() in param.enum
@@ -355,9 +357,14 @@ def same_value(param: Param, got: Any, expected: Any) -> bool:
 
 
 def check_call(call: dict[str, Any], tool_name: str, expected: dict[str, Any]) -> bool:
-    """BFCL-style AST check of a parsed call against the reference arguments."""
+    """BFCL-style AST check of a parsed call against the reference arguments of a catalogue tool."""
     tool = TOOLS.get(tool_name)
-    if tool is None or call["name"] != tool_name:
+    return tool is not None and match_call(call, tool, expected)
+
+
+def match_call(call: dict[str, Any], tool: Tool, expected: dict[str, Any]) -> bool:
+    """BFCL-style AST check of a parsed call against ``tool``'s schema and the reference arguments."""
+    if call["name"] != tool.name:
         return False
     arguments = call["arguments"]
     if any(key not in tool.by_name for key in arguments):
