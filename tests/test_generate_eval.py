@@ -212,3 +212,60 @@ def test_format_table_puts_models_side_by_side():
     assert lines[0].split() == ["model", "chat", "math", "overall"]
     assert lines[2].split() == ["base", "20.0", "5.0", "10.0"]
     assert lines[3].split() == ["BAR", "(routed)", "-", "50.2", "-"]
+
+
+def test_eval_on_a_users_file_with_a_verifier(saved, tok, tmp_path, capsys, monkeypatch):
+    import barkit.generate
+
+    folder, _ = saved
+    rows = [{"prompt": f"What is {a} + 1?", "answer": str(a + 1)} for a in range(6)]
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "scores.json"
+    assert cli(["eval", str(folder), "--data", str(data), "--verifier", "numeric", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert list(written["scores"]) == ["test"] and len(written["items"]) == 6
+    assert written["settings"]["verifier"] == "numeric" and "copy_probe" not in written
+    # Scores follow the verifier: an oracle that answers right on even rows scores 50.
+    replies = {
+        r["prompt"]: (f"The answer is {r['answer']}" if i % 2 == 0 else "no idea") for i, r in enumerate(rows)
+    }
+    monkeypatch.setattr(
+        barkit.generate, "generate", lambda m, t, prompts, **k: [replies[p[-1]["content"]] for p in prompts]
+    )
+    assert cli(["eval", str(folder), "--data", str(data), "--verifier", "numeric", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["overall"] == 50.0
+    capsys.readouterr()
+    for bad, needle in (
+        (["--data", str(tmp_path / "missing.jsonl"), "--verifier", "numeric"], "missing.jsonl"),
+        (["--data", str(data), "--verifier", "nope"], "unknown verifier 'nope'"),
+        (["--data", str(data)], "--data needs --verifier"),
+    ):
+        assert cli(["eval", str(folder), *bad, "--out", str(tmp_path / "bad.json")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_eval_reports_the_copy_probe(saved, tmp_path):
+    folder, _ = saved
+    out = tmp_path / "eval.json"
+    assert (
+        cli(
+            [
+                "eval",
+                str(folder),
+                "--categories",
+                "chat",
+                "--limit",
+                "2",
+                "--copy-probe",
+                "8",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    probe = json.loads(out.read_text())["copy_probe"]
+    assert probe["items"] == 8 and 0.0 <= probe["copy"] <= 100.0

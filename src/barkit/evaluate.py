@@ -149,19 +149,78 @@ def evaluate(
     return EvalResult(scores, overall, results, settings)
 
 
+def evaluate_data(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    data: str | os.PathLike[str],
+    verifier: str,
+    limit: int | None = None,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    progress: bool = False,
+) -> EvalResult:
+    """Evaluate ``model`` on a user's file of ``prompt`` + ``answer`` rows (JSONL, Parquet or a
+    saved dataset), scored by the named verifier; ``limit`` caps the rows read (None = all).
+
+    The score is reported under the file's stem, and as ``overall``.
+    """
+    from itertools import islice
+
+    from barkit.generate import generate
+    from barkit.userdata import iter_rl
+    from barkit.verifiers import get_verifier
+
+    scorer = get_verifier(verifier)  # an unknown name fails before anything is generated
+    if limit is not None and limit < 1:
+        raise BarkitError(f"--limit must be at least 1 (got {limit})")
+    rows = list(islice(iter_rl(data), limit))
+    if not rows:
+        raise BarkitError(f"{data}: no rows to evaluate")
+    start = time.perf_counter()
+    completions = generate(
+        model,
+        tokenizer,
+        [row.prompt for row in rows],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    name = Path(data).stem
+    results = [
+        ItemResult(
+            name, row.where, row.prompt[-1]["content"], completion, row.answer, scorer.score(completion, row)
+        )
+        for row, completion in zip(rows, completions, strict=True)
+    ]
+    score = round(100.0 * sum(r.score for r in results) / len(results), 2)
+    settings = {
+        "data": str(data),
+        "verifier": verifier,
+        "items": len(results),
+        "max_new_tokens": max_new_tokens,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    return EvalResult({name: score}, score, results, settings)
+
+
 def evaluate_folder(
     model_dir: str | os.PathLike[str],
     out_file: str | os.PathLike[str] | None = None,
     *,
     keep_experts: Sequence[int] | None = None,
     copy_items: int = 0,
+    data: str | os.PathLike[str] | None = None,
+    verifier: str | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Load a checkpoint folder, evaluate it and (if ``out_file``) write the JSON atomically.
 
     ``keep_experts`` (MoE only): indices of the experts left switched on, as ``barkit generate
     --experts`` does; the others get no routing weight. ``copy_items`` > 0 adds the copy probe
-    (:func:`barkit.copying.copy_probe`, that many held-out spans) as ``copy_probe``.
+    (:func:`barkit.copying.copy_probe`, that many held-out spans) as ``copy_probe``. With
+    ``data`` and ``verifier`` the user's file is evaluated instead of the micro-suite
+    (:func:`evaluate_data`; ``limit`` caps its rows).
     """
     import contextlib
 
@@ -176,19 +235,24 @@ def evaluate_folder(
         restrict_experts(model, keep_experts) if keep_experts is not None else contextlib.nullcontext(model)
     )
     with switch:
-        data = evaluate(model, tokenizer, **kwargs).to_dict()
+        if data is not None:
+            if verifier is None:
+                raise BarkitError("evaluating a data file needs a verifier")
+            result = evaluate_data(model, tokenizer, data, verifier, **kwargs).to_dict()
+        else:
+            result = evaluate(model, tokenizer, **kwargs).to_dict()
         if copy_items > 0:
-            data["copy_probe"] = copy_probe(model, tokenizer, n=copy_items)
+            result["copy_probe"] = copy_probe(model, tokenizer, n=copy_items)
     if keep_experts is not None:
-        data["settings"]["experts"] = list(keep_experts)
+        result["settings"]["experts"] = list(keep_experts)
     try:
         fingerprint = read_manifest(model_dir).get("fingerprint")
     except ArtifactError:  # a plain HF folder without barkit.json is fine to evaluate
         fingerprint = None
-    data = {"model": str(model_dir), "model_fingerprint": fingerprint, **data}
+    result = {"model": str(model_dir), "model_fingerprint": fingerprint, **result}
     if out_file is not None:
-        atomic_write_text(Path(out_file), json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return data
+        atomic_write_text(Path(out_file), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return result
 
 
 def _columns(rows: Mapping[str, Mapping[str, float]]) -> list[str]:

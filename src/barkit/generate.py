@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from barkit.errors import BarkitError
-from barkit.tokenizer import prompt_ids
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -29,14 +28,19 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, *, raw: bo
     """Token ids for one prompt: a chat (list of messages) or a string.
 
     A string is one user turn, unless ``raw`` is set: then it is plain text after ``<s>``, for
-    continuing text rather than answering a request.
+    continuing text rather than answering a request. A chat is rendered with the tokenizer's
+    own chat template, so a user's model (SmolLM2, Qwen3, ...) is prompted the way it was
+    trained; for barkit's tokenizer that gives the same ids as :func:`barkit.tokenizer.prompt_ids`.
     """
+    from barkit.userdata import encode_prompt as encode_chat_prompt
+
     if isinstance(prompt, str):
         if raw:
             ids: list[int] = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            return [tokenizer.bos_token_id, *ids]
+            bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+            return [*bos, *ids]
         prompt = [{"role": "user", "content": prompt}]
-    return prompt_ids(tokenizer, prompt)
+    return encode_chat_prompt(tokenizer, list(prompt))
 
 
 def _accepts(model: Any) -> set[str]:
@@ -163,7 +167,10 @@ def generate(
                     [encoded[i] for i in chunk],
                     max_new_tokens=max_new_tokens,
                     eos_id=tokenizer.eos_token_id,
-                    pad_id=tokenizer.pad_token_id,
+                    # some released tokenizers define no pad token; eos pads just as well
+                    pad_id=tokenizer.pad_token_id
+                    if tokenizer.pad_token_id is not None
+                    else tokenizer.eos_token_id,
                     use_cache=use_cache,
                 )
                 for i, ids in zip(chunk, outputs, strict=True):

@@ -16,7 +16,9 @@ def main(
     categories: Annotated[
         str | None, typer.Option("--categories", help="Comma-separated categories (default: all seven).")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="Test items per category.")] = 100,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Test items per category (100); with --data: rows (all).")
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts decoded together.")] = 16,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test items drawn.")] = 0,
@@ -24,38 +26,69 @@ def main(
         str | None,
         typer.Option("--experts", help="MoE: comma-separated experts to keep switched on (default: all)."),
     ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Evaluate on your own file instead of the micro-suite: JSONL, Parquet or a saved "
+            "dataset with 'prompt' (text or messages) and 'answer'.",
+        ),
+    ] = None,
+    verifier: Annotated[
+        str | None,
+        typer.Option(
+            "--verifier",
+            help="With --data: exact, numeric, regex, tool-call, python-tests, or module.path:function "
+            "(a function of yours, run as your own code).",
+        ),
+    ] = None,
     copy_items: Annotated[
         int,
         typer.Option("--copy-probe", help="Held-out spans for the in-prompt copy probe (0 = skip it)."),
     ] = 100,
 ) -> None:
-    """Evaluate a model on the micro-suite's test split and print the scores (0-100)."""
+    """Evaluate a model on the micro-suite's test split (or your --data file) and print the scores (0-100)."""
     from barkit.artifacts import require_model_dir
-    from barkit.evaluate import evaluate_folder, format_table, resolve_categories
+    from barkit.errors import ConfigError
+    from barkit.evaluate import DEFAULT_LIMIT, evaluate_folder, format_table, resolve_categories
 
     # Cheap checks first, so that a typo fails before the weights load.
     folder = require_model_dir(model)
-    names = resolve_categories(categories)
+    if data is not None:
+        from barkit.userdata import detect_format
+        from barkit.verifiers import get_verifier
+
+        if verifier is None:
+            raise ConfigError(
+                "--data needs --verifier (exact, numeric, regex, tool-call, python-tests, or module:function)"
+            )
+        detect_format(data)
+        get_verifier(verifier)
+        chosen = {"data": data, "verifier": verifier, "limit": limit, "copy_items": 0}
+    else:
+        chosen = {
+            "categories": resolve_categories(categories),
+            "limit": limit or DEFAULT_LIMIT,
+            "seed": seed,
+            "copy_items": copy_items,
+        }
     keep = None
     if experts is not None:
         from barkit.experts import model_expert_names, parse_names, resolve_experts
 
         keep = resolve_experts(parse_names(experts), model_expert_names(folder))
-    data = evaluate_folder(
+    result = evaluate_folder(
         folder,
         out,
         keep_experts=keep,
-        categories=names,
-        limit=limit,
-        seed=seed,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         progress=True,
-        copy_items=copy_items,
+        **chosen,
     )
-    typer.echo(format_table({model.name or str(model): {**data["scores"], "overall": data["overall"]}}))
-    if "copy_probe" in data:
-        probe = data["copy_probe"]
+    typer.echo(format_table({model.name or str(model): {**result["scores"], "overall": result["overall"]}}))
+    if "copy_probe" in result:
+        probe = result["copy_probe"]
         typer.echo(f"copy probe: {probe['copy']:.1f}% of {probe['items']} held-out spans repeated exactly")
     if out is not None:
         typer.echo(f"wrote {out}")
