@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -64,7 +64,7 @@ def main(
             )
         detect_format(data)
         get_verifier(verifier)
-        chosen = {"data": data, "verifier": verifier, "limit": limit, "copy_items": 0}
+        chosen: dict[str, Any] = {"data": data, "verifier": verifier, "limit": limit, "copy_items": 0}
     else:
         chosen = {
             "categories": resolve_categories(categories),
