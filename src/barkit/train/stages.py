@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from barkit.artifacts import config_fingerprint, read_manifest, require_model_dir
 from barkit.errors import ArtifactError, BarkitError, ConfigError, IncompatibleError
+from barkit.families import expert_count
 from barkit.train.config import StageConfig, StageKind, default_stage
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def check_input(folder: str | os.PathLike[str], domain: str) -> dict[str, Any]:
 
 
 def _experts_in(config: dict[str, Any]) -> int:
-    return int(config.get("num_local_experts") or config.get("num_experts") or 0)
+    return expert_count(config)
 
 
 def _check_domain(domain: str, stage: StageKind) -> None:
