@@ -166,7 +166,7 @@ def evaluate_folder(
     from barkit.artifacts import atomic_write_text, read_manifest
     from barkit.errors import ArtifactError
     from barkit.experts import restrict_experts
-    from barkit.modeling import load_model
+    from barkit.loader import load_model
 
     model, tokenizer = load_model(model_dir)
     switch = (
