@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Olmo2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import micro
 from barkit.artifacts import read_manifest, write_manifest
 from barkit.errors import ArtifactError, ConfigError, IncompatibleError
 from barkit.families import family_of
@@ -29,42 +30,12 @@ CORPUS = ["the cat sat on the mat", "2 + 3 = 5", "def f(x): return x", "hello wo
 
 
 def _dense(arch: str, tok: Any, seed: int) -> Any:
-    torch.manual_seed(seed)
-    fields = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
+    return micro.dense_model(
+        arch, seed=seed, tokenizer=tok, max_position_embeddings=64, tie_word_embeddings=False
     )
-    config = LlamaConfig(**fields) if arch == "llama" else Olmo2Config(**fields)
-    return AutoModelForCausalLM.from_config(config)
 
 
-def _branch(dense: Any) -> Any:
-    """2-expert MoE whose experts are both the dense FFN and whose router is zeros."""
-    family = family_of(dense.config)
-    moe = AutoModelForCausalLM.from_config(family.moe_config(dense.config, 2, 2))
-    state = dense.state_dict()
-    with torch.no_grad():
-        for name, p in moe.named_parameters():
-            if name.endswith("mlp.experts.gate_up_proj"):
-                prefix = name[: -len("experts.gate_up_proj")]
-                fused = torch.cat([state[prefix + "gate_proj.weight"], state[prefix + "up_proj.weight"]])
-                p.copy_(fused.expand_as(p))
-            elif name.endswith("mlp.experts.down_proj"):
-                p.copy_(state[name[: -len("experts.down_proj")] + "down_proj.weight"].expand_as(p))
-            elif name.endswith("mlp.gate.weight"):
-                p.zero_()
-            else:
-                p.copy_(state[name])
-    return moe
+_branch = micro.branch_of
 
 
 def _train(moe: Any, seed: int, shared: bool) -> None:
