@@ -12,27 +12,22 @@ from transformers import (
     Olmo2ForCausalLM,
 )
 
+import micro
 from barkit.families import LLAMA, OLMO2, use_trainable_experts
 from barkit.train.data import PackedData
 
-VOCAB = 300
+VOCAB = micro.VOCAB
 
 
 def dense_config(arch: str = "olmo2", hidden: int = 32) -> Olmo2Config | LlamaConfig:
-    common = dict(
-        vocab_size=VOCAB,
+    return micro.dense_config(
+        arch,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=128,
         tie_word_embeddings=False,
         pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
     )
-    return Olmo2Config(**common) if arch == "olmo2" else LlamaConfig(**common)
 
 
 def dense_model(arch: str = "olmo2", seed: int = 0) -> torch.nn.Module:

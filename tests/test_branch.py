@@ -12,34 +12,23 @@ import json
 import pytest
 import torch
 
+import micro
 from barkit.branch import _copy_weights, branch, branch_model
 from barkit.cli import main as cli_main
 from barkit.errors import BarkitError, IncompatibleError
 from barkit.families import LLAMA, OLMO2, family_of
 
 VOCAB = 300
-SIZES = dict(
-    hidden_size=32,
-    intermediate_size=48,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    rms_norm_eps=1e-3,
-    rope_parameters={"rope_type": "default", "rope_theta": 123.0},
-)
+SIZES = {  # micro sizes plus fields a branch must not forget to copy
+    **micro.SIZES,
+    "max_position_embeddings": 64,
+    "rms_norm_eps": 1e-3,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 123.0},
+}
 
 
 def dense_model(family: str, vocab: int = VOCAB, seed: int = 0, **extra):
-    from transformers import AutoModelForCausalLM, LlamaConfig, Olmo2Config
-
-    ids = dict(pad_token_id=3, bos_token_id=1, eos_token_id=2)
-    if family == "olmo2":
-        config = Olmo2Config(vocab_size=vocab, **SIZES, **ids, **extra)
-    else:
-        config = LlamaConfig(vocab_size=vocab, **SIZES, **ids, **extra)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = micro.dense_model(family, vocab=vocab, seed=seed, **SIZES, **extra).eval()
     # Norm weights start at 1; random ones make a mis-wired norm visible.
     with torch.no_grad():
         for name, p in model.named_parameters():

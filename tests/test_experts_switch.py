@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+import micro
 from barkit.cli import main as cli_main
 from barkit.errors import ArtifactError, BarkitError
 from barkit.experts import (
@@ -25,23 +26,7 @@ NAMES = ["anchor", "math", "code"]
 
 def moe_model(family: str, *, experts: int = 3, top_k: int = 2, vocab: int = VOCAB, seed: int = 0):
     """A random 3-expert MoE (hidden 32, 2 layers) with a random router, so routing matters."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, Olmo2Config
-
-    cls = Olmo2Config if family == "olmo2" else LlamaConfig
-    dense = cls(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=3,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    config = family_of(dense).moe_config(dense, experts, top_k)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = micro.moe_model(family, experts=experts, top_k=top_k, vocab=vocab, seed=seed).eval()
     with torch.no_grad():
         for layer in model.model.layers:
             layer.mlp.gate.weight.normal_(0, 0.5)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import micro
 from barkit.errors import BarkitError
 from barkit.suite.base import Item
 from barkit.train.config import OptimConfig, default_stage
@@ -41,30 +42,19 @@ def tokenizer():
 
 def micro_moe(tokenizer, seed: int = 0):
     """A 2-expert Mixtral (hidden 32, 2 layers) whose experts start identical, like a branch."""
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    cfg = MixtralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
+    model = micro.moe_model(
+        "llama",
+        seed=seed,
+        tokenizer=tokenizer,
         intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=4,
-        num_local_experts=2,
-        num_experts_per_tok=2,
         max_position_embeddings=128,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        # MixtralConfig's own defaults, which this model was first built with
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
     )
-    torch.manual_seed(seed)
-    model = MixtralForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".experts." in name:
-                p[1].copy_(p[0])
-    return model
+    return micro.copy_expert(model)
 
 
 def toy_items() -> list[Item]:

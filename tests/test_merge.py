@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import torch
 from safetensors import safe_open
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Olmo2Config
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+import micro
 from barkit.artifacts import read_manifest, write_manifest
 from barkit.errors import ArtifactError, ConfigError, IncompatibleError
 from barkit.families import family_of
@@ -29,42 +30,12 @@ CORPUS = ["the cat sat on the mat", "2 + 3 = 5", "def f(x): return x", "hello wo
 
 
 def _dense(arch: str, tok: Any, seed: int) -> Any:
-    torch.manual_seed(seed)
-    fields = dict(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
+    return micro.dense_model(
+        arch, seed=seed, tokenizer=tok, max_position_embeddings=64, tie_word_embeddings=False
     )
-    config = LlamaConfig(**fields) if arch == "llama" else Olmo2Config(**fields)
-    return AutoModelForCausalLM.from_config(config)
 
 
-def _branch(dense: Any) -> Any:
-    """2-expert MoE whose experts are both the dense FFN and whose router is zeros."""
-    family = family_of(dense.config)
-    moe = AutoModelForCausalLM.from_config(family.moe_config(dense.config, 2, 2))
-    state = dense.state_dict()
-    with torch.no_grad():
-        for name, p in moe.named_parameters():
-            if name.endswith("mlp.experts.gate_up_proj"):
-                prefix = name[: -len("experts.gate_up_proj")]
-                fused = torch.cat([state[prefix + "gate_proj.weight"], state[prefix + "up_proj.weight"]])
-                p.copy_(fused.expand_as(p))
-            elif name.endswith("mlp.experts.down_proj"):
-                p.copy_(state[name[: -len("experts.down_proj")] + "down_proj.weight"].expand_as(p))
-            elif name.endswith("mlp.gate.weight"):
-                p.zero_()
-            else:
-                p.copy_(state[name])
-    return moe
+_branch = micro.branch_of
 
 
 def _train(moe: Any, seed: int, shared: bool) -> None:
@@ -254,6 +225,46 @@ def test_weighted_and_anchor_policies(world: dict[str, Any]) -> None:
         plan_merge([d["math"]], shared="anchor")
 
 
+def test_weighted_override_gives_the_weighted_combination(
+    world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`weighted` as a per-pattern override: its tensors weighted, the rest by the default.
+
+    Before the policy table, three checks contradicted each other and this merge always failed.
+    """
+    from barkit.cli import main
+
+    d = world["dirs"]
+    api, cli = tmp_path / "api", tmp_path / "cli"
+    merge(
+        [d["math"], d["think"]], api, overrides={"*embed*": "weighted"}, weights=[0.75, 0.25], progress=False
+    )
+    args = ["merge", str(d["math"]), str(d["think"]), "--out", str(cli)]
+    assert main([*args, "--override", "*embed*=weighted", "--weights", "0.75,0.25"]) == 0
+    a, b = _tensors(d["math"]), _tensors(d["think"])
+    rows = len(world["tok"])
+    for out in (api, cli):
+        got = _tensors(out)
+        name = "model.embed_tokens.weight"
+        expected = ((a[name][:rows].double() * 0.75 + b[name][:rows].double() * 0.25) / 1.0).float()
+        assert torch.equal(got[name][:rows], expected)
+        name = "lm_head.weight"  # not matched by the override: the plain mean
+        assert torch.equal(
+            got[name][:rows], torch.stack([a[name][:rows], b[name][:rows]]).double().mean(0).float()
+        )
+        assert read_manifest(out)["config"]["overrides"] == {"*embed*": "weighted"}
+    # The one weights rule: weights exactly when a policy in use takes them, one per input.
+    pair = [d["math"], d["think"]]
+    with pytest.raises(ConfigError, match="needs one weight per input"):
+        plan_merge(pair, overrides={"*embed*": "weighted"})
+    with pytest.raises(ConfigError, match="no policy in use takes weights"):
+        plan_merge(pair, weights=[0.5, 0.5])
+    with pytest.raises(ConfigError, match="3 weights for 2 inputs"):
+        plan_merge(pair, overrides={"*embed*": "weighted"}, weights=[1, 1, 1])
+    assert main([*args, "--override", "*embed*"]) == 2
+    assert "expected GLOB=POLICY" in capsys.readouterr().err
+
+
 def test_sum_policy_keeps_every_branch_change_whole(world: dict[str, Any]) -> None:
     """Task arithmetic: base + sum of each branch's change, new-token rows still copied."""
     d = world["dirs"]
@@ -370,15 +381,15 @@ def test_failure_midway_leaves_no_output(
     import barkit.merge as bm
 
     plan = plan_merge([d["math"], d["think"]])
-    real, calls = bm.read_rows, [0]
+    real, calls = bm.InputFiles.read_rows, [0]
 
-    def flaky(info: Any, name: str, a: int, b: int) -> torch.Tensor:
+    def flaky(files: Any, info: Any, name: str, a: int, b: int) -> torch.Tensor:
         calls[0] += 1
         if calls[0] == 20:
             raise ArtifactError(f"{info.file}: cannot read tensor {name} (simulated)")
-        return real(info, name, a, b)
+        return real(files, info, name, a, b)
 
-    monkeypatch.setattr(bm, "read_rows", flaky)
+    monkeypatch.setattr(bm.InputFiles, "read_rows", flaky)
     with pytest.raises(ArtifactError, match="simulated"):
         bm.execute(plan, out, progress=False)
     assert calls[0] == 20

@@ -124,6 +124,27 @@ def test_sum_policy_in_a_recipe_reads_the_base(run: Path, tmp_path: Path) -> Non
     assert upgraded["merge_config"]["shared"] == "sum"
 
 
+def test_weighted_override_in_a_recipe_merges(run: Path, tmp_path: Path) -> None:
+    """`merge: {overrides: {"*embed*": weighted}, weights: [...]}` loads, merges and weighs."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    merge = {"overrides": {"*embed*": "weighted"}, "weights": [0.75, 0.25]}
+    changed = json.loads(json.dumps(RECIPE)) | {"merge": merge}
+    n = len(_ledger(out))
+    run_recipe(parse_recipe(changed, "test"), out, evaluate=False, log=lambda _: None)
+    assert {e["step"] for e in _ledger(out)[n:] if e["ran"]} == {"merge", "route"}
+    merged = _weights(out / "merged")
+    a, b = (_weights(out / "experts" / e / "sft") for e in ("math", "tool_use"))
+    name = "model.embed_tokens.weight"
+    rows = a[name].shape[0]  # the vocabulary both experts share (tool_use added two tokens)
+    expected = ((a[name].double() * 0.75 + b[name][:rows].double() * 0.25) / 1.0).float()
+    assert torch.equal(merged[name][:rows], expected)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(merged[name], torch.stack([a[name], b[name]]).double().mean(0).float())
+
+
 def test_upgrade_replaces_one_expert(run: Path, tmp_path: Path) -> None:
     from barkit.upgrade import upgrade
 

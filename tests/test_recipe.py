@@ -79,3 +79,30 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_recipe(bad)
     with pytest.raises(ConfigError, match="no such recipe"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+_TWO = {
+    "m": {"domain": "math", "stages": [{"kind": "sft"}]},
+    "c": {"domain": "code", "stages": [{"kind": "sft"}]},
+}
+
+
+@pytest.mark.parametrize(
+    ("merge", "needle"),
+    [
+        ({"shared": "weighted"}, "needs one weight per input"),
+        ({"overrides": {"*embed*": "weighted"}}, "needs one weight per input"),
+        ({"weights": [0.5, 0.5]}, "no policy in use takes weights"),
+        ({"overrides": {"*embed*": "weighted"}, "weights": [1, 1, 1]}, "3 weights for 2 inputs"),
+        ({"shared": "weighted", "weights": [1, -1]}, "non-negative"),
+    ],
+)
+def test_merge_spec_checks_its_fields_at_load_time(merge: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_recipe({"experts": _TWO, "merge": merge}, "r.yaml")
+    assert needle in str(info.value) and "merge.weights" in str(info.value)
+
+
+def test_weighted_override_recipe_loads() -> None:
+    merge = {"overrides": {"*embed*": "weighted"}, "weights": [0.7, 0.3]}
+    assert parse_recipe({"experts": _TWO, "merge": merge}, "r.yaml").merge.weights == [0.7, 0.3]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from barkit.artifacts import atomic_dir, read_manifest, write_manifest
 from barkit.errors import ConfigError, IncompatibleError
+from barkit.families import expert_count
 from barkit.pipeline import Runner
 
 if TYPE_CHECKING:
@@ -444,7 +445,7 @@ def with_top_k(
     """A copy of an MoE folder that routes each token to ``top_k`` experts (no weight changes)."""
     source = Path(model_dir)
     config = json.loads((source / "config.json").read_text())
-    experts = int(config.get("num_local_experts") or config.get("num_experts") or 0)
+    experts = expert_count(config)
     if not 1 <= top_k <= experts:
         raise ConfigError(f"top_k={top_k}: must be between 1 and the model's {experts} experts")
     parent = read_manifest(source)
@@ -468,7 +469,7 @@ def moe_cost(model: Any) -> dict[str, Any]:
     """Parameters an MoE (or dense) model touches per token: all but the unselected experts' FFNs."""
     total = sum(p.numel() for p in model.parameters())
     expert = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
-    n = int(getattr(model.config, "num_local_experts", 0) or getattr(model.config, "num_experts", 0) or 1)
+    n = expert_count(model) or 1
     k = int(getattr(model.config, "num_experts_per_tok", n) or n)
     used = total - expert + expert * k // n
     embedding = model.get_input_embeddings().weight.numel()

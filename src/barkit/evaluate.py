@@ -228,7 +228,7 @@ def evaluate_folder(
     from barkit.copying import copy_probe
     from barkit.errors import ArtifactError
     from barkit.experts import restrict_experts
-    from barkit.modeling import load_model
+    from barkit.loader import load_model
 
     model, tokenizer = load_model(model_dir)
     switch = (

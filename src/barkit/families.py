@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from barkit.errors import BarkitError, IncompatibleError
@@ -54,7 +56,7 @@ _META_KEYS = frozenset(
 
 
 def _group_table(
-    moe_prefix: str, attention: tuple[str, ...], norms: tuple[str, ...], *, moe: bool
+    moe_prefix: str, attention: tuple[str, ...], norms: tuple[str, ...], embedding: str, *, moe: bool
 ) -> dict[str, tuple[str, ...]]:
     """Glob patterns per group; ``moe_prefix`` is the MLP module's name (``mlp`` in memory)."""
     layer = "model.layers.*."
@@ -63,7 +65,7 @@ def _group_table(
     return {
         "expert": expert,
         "router": router,
-        "embeddings": ("model.embed_tokens.weight",),
+        "embeddings": (embedding,),
         "lm_head": ("lm_head.weight",),
         "attention": tuple(f"{layer}self_attn.{a}" for a in attention),
         "norms": tuple(f"{layer}{n}.weight" for n in norms) + ("model.norm.weight",),
@@ -85,6 +87,10 @@ class Family:
     disk_moe_prefix: str
     #: on-disk per-expert projection names, in the order gate, up, down
     disk_expert_proj: tuple[str, str, str]
+    #: config.json key of the number of experts in the MoE (the config object maps ``num_experts``)
+    experts_key: str
+    #: the input embedding matrix (its rows are the vocabulary)
+    embedding_tensor: str = "model.embed_tokens.weight"
     #: dense config fields that the MoE architecture cannot express, with the only value it computes
     dense_requirements: dict[str, Any] = field(default_factory=dict)
     #: MoE config fields fixed by barkit (router behaviour); set after copying the dense fields
@@ -135,11 +141,10 @@ class Family:
                     f"(it only computes {key}={required!r})"
                 )
 
-    def experts_in(self, config: PretrainedConfig) -> int:
-        """Number of experts of a MoE config of this family (0 for a dense config)."""
-        if config.model_type != self.moe_model_type:
-            return 0
-        return int(config.num_experts)
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every model type of the family, dense and MoE."""
+        return (*self.dense_model_types, self.moe_model_type)
 
     def renormalises_topk(self, config: PretrainedConfig) -> bool:
         """Whether the router rescales its top-k weights to sum to one."""
@@ -149,17 +154,17 @@ class Family:
     @property
     def group_patterns(self) -> dict[str, tuple[str, ...]]:
         """Groups -> globs over in-memory parameter names of the MoE model."""
-        return _group_table("mlp", self.attention, self.norms, moe=True)
+        return _group_table("mlp", self.attention, self.norms, self.embedding_tensor, moe=True)
 
     @property
     def dense_group_patterns(self) -> dict[str, tuple[str, ...]]:
         """Groups -> globs over parameter names of the dense model (``router`` matches nothing)."""
-        return _group_table("mlp", self.attention, self.norms, moe=False)
+        return _group_table("mlp", self.attention, self.norms, self.embedding_tensor, moe=False)
 
     @property
     def disk_group_patterns(self) -> dict[str, tuple[str, ...]]:
         """Groups -> globs over the tensor names ``save_pretrained`` writes for the MoE model."""
-        return _group_table(self.disk_moe_prefix, self.attention, self.norms, moe=True)
+        return _group_table(self.disk_moe_prefix, self.attention, self.norms, self.embedding_tensor, moe=True)
 
     def tensor_group(self, name: str) -> str:
         """The group of a tensor name: on-disk or in-memory, MoE or dense.
@@ -213,6 +218,7 @@ OLMO2 = Family(
     norms=("post_attention_layernorm", "post_feedforward_layernorm"),
     disk_moe_prefix="mlp",
     disk_expert_proj=("gate_proj", "up_proj", "down_proj"),
+    experts_key="num_experts",
     moe_fixed={"norm_topk_prob": False, "router_aux_loss_coef": 0.01},
     topk_renorm="config",
     scores_in_logit_dtype=True,
@@ -226,6 +232,7 @@ LLAMA = Family(
     norms=("input_layernorm", "post_attention_layernorm"),
     disk_moe_prefix="block_sparse_moe",
     disk_expert_proj=("w1", "w3", "w2"),
+    experts_key="num_local_experts",
     # Mixtral's projections have no biases; a biased Llama would lose them silently.
     dense_requirements={"attention_bias": False, "mlp_bias": False},
     moe_fixed={"router_aux_loss_coef": 0.001, "router_jitter_noise": 0.0},
@@ -234,6 +241,8 @@ LLAMA = Family(
 )
 
 FAMILIES: tuple[Family, ...] = (OLMO2, LLAMA)
+# Where transformers' MoE configs of families barkit does not know keep their expert count.
+_FOREIGN_EXPERT_KEYS = ("num_local_experts", "num_experts")
 
 
 def supported_description() -> str:
@@ -268,10 +277,22 @@ def is_moe(model_or_config: Any) -> bool:
     return model_type == family_of(model_type).moe_model_type
 
 
-def num_experts(model_or_config: Any) -> int:
-    """Number of experts (0 for a dense model)."""
+def expert_count(model_or_config: Any) -> int:
+    """Experts of a model, config object or ``config.json`` dict; 0 for a dense model.
+
+    A family's MoE reads the family's own key; an architecture no family knows (a user's own
+    MoE checkpoint) is read through the two keys transformers' MoE configs use.
+    """
     config = getattr(model_or_config, "config", model_or_config)
-    return family_of(config).experts_in(config)
+    get = config.get if isinstance(config, Mapping) else partial(getattr, config)
+    family = next((f for f in FAMILIES if get("model_type", None) in f.names), None)
+    if family is not None and get("model_type", None) in family.dense_model_types:
+        return 0
+    keys = (family.experts_key,) if family is not None else _FOREIGN_EXPERT_KEYS
+    return max((int(get(k, 0) or 0) for k in keys), default=0)
+
+
+num_experts = expert_count  # the older name, kept for its callers
 
 
 def use_trainable_experts(model: Any, implementation: str = DEFAULT_EXPERTS_IMPLEMENTATION) -> None:

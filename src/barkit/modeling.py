@@ -18,6 +18,7 @@ import torch
 
 from barkit.artifacts import atomic_dir, require_model_dir, write_manifest
 from barkit.errors import ArtifactError, BarkitError
+from barkit.families import expert_count
 from barkit.presets import ModelPreset
 
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ RMS_NORM_EPS = 1e-6
 # Mixtral/FlexOlmo with 2 and 5 experts); eager is the reference loop and has no alignment
 # requirements on memory-mapped weights, so it is the one chosen.
 CPU_EXPERTS_IMPLEMENTATION = "eager"
-# Config keys that mark a mixture-of-experts checkpoint (Mixtral, FlexOlmo, OLMoE, Qwen-MoE).
-_MOE_KEYS = ("num_local_experts", "num_experts")
 
 
 def _dense_config(arch: Arch, preset: ModelPreset, tokenizer: PreTrainedTokenizerBase) -> Any:
@@ -96,10 +95,6 @@ def build_dense(
     return model.float()
 
 
-def is_moe_config(config: Any) -> bool:
-    return any(int(getattr(config, key, 0) or 0) > 1 for key in _MOE_KEYS)
-
-
 def _read_config(folder: Path) -> Any:
     from transformers import AutoConfig
 
@@ -117,26 +112,24 @@ def _first_line(error: BaseException) -> str:
 def load_model(
     path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a checkpoint folder with plain transformers (no remote code) and its tokenizer.
+    """Load a transformers checkpoint folder (no remote code) and its tokenizer.
 
     A folder whose weights do not match its config (missing, extra or mis-shaped tensors) is
     refused instead of being silently filled with fresh random weights. A stitched model
-    (Branch-Train-Stitch, ``stitch.json``) has no transformers class and loads through
-    :func:`barkit.stitch.load_stitched`.
+    (Branch-Train-Stitch) has no transformers class: :func:`barkit.loader.load_model` loads
+    any barkit artifact, stitched ones included.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     if (Path(path) / "stitch.json").is_file():
-        from barkit.stitch import load_stitched
-
-        return load_stitched(path)  # type: ignore[return-value]
+        raise ArtifactError(f"{path}: a stitched model; load it with barkit.loader.load_model")
     hf_logging.disable_progress_bar()
 
     folder = require_model_dir(path)
     config = _read_config(folder)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": False, "output_loading_info": True}
-    if is_moe_config(config):
+    if expert_count(config) > 1:
         kwargs["experts_implementation"] = CPU_EXPERTS_IMPLEMENTATION
     try:
         loaded: Any = AutoModelForCausalLM.from_pretrained(folder, **kwargs)

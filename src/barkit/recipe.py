@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from barkit.errors import BarkitError, ConfigError
-from barkit.merge import SharedPolicy  # one list of policies: the merge's
+from barkit.merge.policies import SharedPolicy, check_weights  # the merge's policy table
 from barkit.train.config import StageOverrides
 
 if TYPE_CHECKING:
@@ -104,8 +104,20 @@ class ExpertSpec(_Strict):
 class MergeSpec(_Strict):
     top_k: int | None = Field(None, ge=1, description="experts per token; default: all")
     shared: SharedPolicy = "mean"
-    weights: list[float] | None = None
+    weights: list[float] | None = Field(None, description="one per expert, for the 'weighted' policy")
     overrides: dict[str, SharedPolicy] = Field(default_factory=dict, description="glob -> policy")
+
+    @model_validator(mode="after")
+    def _weights_fit_policies(self) -> MergeSpec:
+        self.check(experts=None)
+        return self
+
+    def check(self, experts: int | None) -> None:
+        """The merge's own weights rule, at load time; ``experts`` when the recipe knows it."""
+        try:
+            check_weights(self.shared, self.overrides, self.weights, experts, field="merge.weights")
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
 
 
 class RouteSpec(_Strict):
@@ -150,6 +162,15 @@ class Recipe(_Strict):
                 except BarkitError as e:
                     raise ValueError(f"experts.{name}.stages.{i}: {e}") from None
         return self
+
+    @model_validator(mode="after")
+    def _merge_weights_per_expert(self) -> Recipe:
+        self.merge.check(experts=len(self.experts))
+        return self
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
 
 
 def parse_recipe(data: Any, source: str) -> Recipe:

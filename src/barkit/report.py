@@ -36,7 +36,7 @@ def eval_cached(
         if cached.get("model_fingerprint") == fingerprint and cached.get("settings") == settings:
             return dict(cached)
     from barkit.evaluate import evaluate
-    from barkit.modeling import load_model
+    from barkit.loader import load_model
 
     start = time.perf_counter()
     model, tokenizer = load_model(model_dir)

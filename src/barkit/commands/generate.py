@@ -23,7 +23,7 @@ def main(
     from barkit.artifacts import require_model_dir
     from barkit.experts import model_expert_names, parse_names, resolve_experts, restrict_experts
     from barkit.generate import generate
-    from barkit.modeling import load_model
+    from barkit.loader import load_model
 
     folder = require_model_dir(model)
     # Names are checked before the weights load, so a typo fails fast.

@@ -26,6 +26,14 @@ def main(
     weights: Annotated[
         Optional[str], typer.Option(help="Weights per input for --shared weighted, e.g. 0.5,0.3,0.2.")
     ] = None,
+    override: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--override",
+            help="GLOB=POLICY: the policy of the shared tensors GLOB matches, e.g. '*embed*=weighted' "
+            "(repeatable; the first matching GLOB wins).",
+        ),
+    ] = None,
     base: Annotated[
         Optional[Path], typer.Option(help="The branches' base folder (needed by --shared anchor and sum).")
     ] = None,
@@ -61,6 +69,7 @@ def main(
         shared=shared,  # type: ignore[arg-type]  # validated by merge
         weights=parsed,
         base_dir=base,
+        overrides=_overrides(override or []),  # type: ignore[arg-type]  # validated by merge
         top_k=top_k,
         max_shard_size=size,
         dry_run=dry_run,
@@ -69,3 +78,16 @@ def main(
         typer.echo(plan.describe())
     else:
         typer.echo(f"merged {len(plan.experts)} experts into {out}")
+
+
+def _overrides(items: list[str]) -> dict[str, str]:
+    """``["*embed*=weighted"]`` -> ``{"*embed*": "weighted"}`` (policies are checked by the merge)."""
+    from barkit.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for item in items:
+        pattern, sep, policy = item.rpartition("=")
+        if not sep or not pattern:
+            raise ConfigError(f"--override {item!r}: expected GLOB=POLICY, e.g. '*embed*=weighted'")
+        out[pattern] = policy
+    return out

@@ -318,7 +318,7 @@ def _measure(path: Path, n_prompts: int, new_tokens: int) -> dict[str, Any]:
     import torch
 
     from barkit.baselines import moe_cost
-    from barkit.modeling import load_model
+    from barkit.loader import load_model
     from barkit.stitch import StitchedCausalLM, measure_tokens_per_second, stitched_cost
 
     model, tokenizer = load_model(path)

@@ -112,9 +112,9 @@ def verify(source: Source, stitched: Path) -> Path:
 
 def check_compatible(hub_config: Any, config: Any, what: str) -> None:
     """Refuse an expert whose architecture or shapes differ from the seed's."""
-    from barkit.modeling import is_moe_config
+    from barkit.families import expert_count
 
-    if is_moe_config(config):
+    if expert_count(config) > 1:
         raise IncompatibleError(f"{what}: a mixture-of-experts model; stitching needs dense experts")
     for key in _SHAPE_FIELDS:
         mine, theirs = getattr(hub_config, key, None), getattr(config, key, None)

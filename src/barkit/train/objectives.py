@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from barkit.families import expert_count
 from barkit.train.config import StageConfig
 from barkit.train.data import (
     Example,
@@ -58,7 +59,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def moe_shape(config: Any) -> tuple[int, int] | None:
     """(number of experts, top-k) for an MoE config; None for a dense model."""
     top_k = getattr(config, "num_experts_per_tok", None)
-    experts = getattr(config, "num_local_experts", None)
+    experts = expert_count(config) or None
     if top_k is None or experts is None:
         return None
     return int(experts), int(top_k)

@@ -144,7 +144,7 @@ def _load(source: Path | tuple[Any, Any], plan: StagePlan) -> tuple[Any, Any, di
         model, tokenizer = source
         return model, tokenizer, {}
     parent = get_input(plan.on).check(source, plan.domains)
-    from barkit.modeling import load_model
+    from barkit.loader import load_model
 
     model, tokenizer = load_model(source)
     return model, tokenizer, parent
