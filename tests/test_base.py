@@ -55,7 +55,7 @@ def test_bad_arch_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_manifest_records_recipe_and_copy_curve(two_bases: tuple[Path, Path]) -> None:
-    from barkit.base import get_recipe
+    from barkit.base_recipe import get_recipe
 
     manifest = json.loads((two_bases[0] / "barkit.json").read_text())
     assert manifest["recipe_fingerprint"] == get_recipe("micro").fingerprint("olmo2", "micro", 3)
@@ -73,8 +73,9 @@ def test_interrupted_build_resumes_bit_identically(
     import dataclasses
 
     import barkit.base as base
+    from barkit.base_recipe import RECIPES
 
-    monkeypatch.setitem(base.RECIPES, "micro", dataclasses.replace(base.RECIPES["micro"], checkpoint_every=2))
+    monkeypatch.setitem(RECIPES, "micro", dataclasses.replace(RECIPES["micro"], checkpoint_every=2))
     reference = base.train_base(tmp_path / "ref", preset="micro", seed=3, progress=False)
     real_call = base._ProbeLog.__call__
 

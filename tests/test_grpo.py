@@ -10,9 +10,8 @@ import torch
 import micro
 from barkit.errors import BarkitError
 from barkit.suite.base import Item
-from barkit.train.config import OptimConfig, default_stage
+from barkit.train.config import GRPOConfig, OptimConfig, default_stage
 from barkit.train.grpo import (
-    GRPOConfig,
     GRPOObjective,
     clipped_policy_loss,
     completion_logprobs,

@@ -26,7 +26,7 @@ def shipped_folder(name: str) -> Path:
 
 
 def expected_fingerprint(arch: str, preset: str, seed: int) -> str:
-    from barkit.base import get_recipe
+    from barkit.base_recipe import get_recipe
 
     return get_recipe(preset).fingerprint(arch, preset, seed)
 

@@ -20,16 +20,19 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from barkit.errors import BarkitError
 from barkit.suite.base import Item
-from barkit.train.config import GRPOConfig
 from barkit.train.data import RowSampler
 from barkit.train.objectives import moe_shape, router_stats, unwrap, weight_shares
+
+if TYPE_CHECKING:
+    # a type only: importing the config at run time would close a cycle through the registry
+    from barkit.train.config import GRPOConfig
 
 Reward = Callable[[Item, str], float]
 

@@ -123,7 +123,7 @@ def rl_objective(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
 
 def general_objective(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
     """The base model's data: general text and conversations packed together (``pretrain``)."""
-    from barkit.base import general_data, get_recipe
+    from barkit.base_recipe import general_data, get_recipe
     from barkit.train.objectives import PackedObjective, mixed_rows
 
     texts, conversations = general_data(get_recipe(inp.preset), inp.cfg.seed)

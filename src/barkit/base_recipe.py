@@ -1,0 +1,153 @@
+"""The base model's recipe, kept apart from its training code.
+
+What decides the embedded base's weights (apart from architecture and seed): data sizes, the two
+phases' schedules and the copy curriculum. Stage data, the shipped-base check and
+:mod:`barkit.base` all read it from here, so none of them needs the training code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from barkit.errors import BarkitError
+from barkit.suite import GENERAL, SUITE_VERSION
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase of the base: optimizer steps and schedule (AdamW, warmup + cosine)."""
+
+    steps: int
+    batch_size: int
+    seq_len: int
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """Everything that decides the base's weights, apart from architecture and seed."""
+
+    #: train items per general category, and knowledge documents
+    items: int
+    texts: int
+    #: knowledge questions are a closed set of facts; repeating them helps memorise (5x lifted
+    #: the old tiny base's knowledge from 4 to 18 at the same budget)
+    knowledge_repeats: int
+    #: suite items per category the tokenizer learns from
+    tokenizer_sample: int
+    pretrain: Phase
+    posttrain: Phase
+    #: share of copy rows at the start and the end of pre-training (linear in between)
+    copy_start: float
+    copy_end: float
+    #: "repeat exactly" conversations added to post-training, as a share of its conversations
+    copy_chat: float
+    probe_every: int
+    checkpoint_every: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self, arch: str, preset: str, seed: int) -> str:
+        """What a rebuild must match: recipe, shape, architecture, seed and suite version."""
+        from barkit.presets import get_preset
+
+        keyed = {
+            "recipe": self.to_dict(),
+            "arch": arch,
+            "preset": get_preset(preset).to_dict(),
+            "seed": seed,
+            "suite_version": SUITE_VERSION,
+        }
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+RECIPES: dict[str, BaseRecipe] = {
+    # Seconds: for tests.
+    "micro": BaseRecipe(
+        items=120,
+        texts=60,
+        knowledge_repeats=1,
+        tokenizer_sample=200,
+        pretrain=Phase(steps=6, batch_size=4, seq_len=64, lr=3e-3, warmup_steps=1),
+        posttrain=Phase(steps=3, batch_size=4, seq_len=64, lr=1e-3, warmup_steps=1),
+        copy_start=0.5,
+        copy_end=0.1,
+        copy_chat=0.1,
+        probe_every=3,
+        checkpoint_every=0,
+    ),
+    # The shipped base: 16M tokens of pre-training (copying forms after roughly 15-25M tokens
+    # of ordinary text at this batch x context; the copy curriculum should bring it sooner), a
+    # lower peak rate than the old 1e-2 with warmup and cosine decay, then 4M tokens of
+    # post-training. About 2.5 s a step on one contended thread here: 3.5 hours in all.
+    "tiny": BaseRecipe(
+        items=12000,
+        texts=4000,
+        knowledge_repeats=5,
+        tokenizer_sample=1000,
+        pretrain=Phase(steps=4000, batch_size=16, seq_len=256, lr=3e-3, warmup_steps=200),
+        posttrain=Phase(steps=1000, batch_size=16, seq_len=256, lr=1e-3, warmup_steps=50),
+        copy_start=0.5,
+        copy_end=0.1,
+        copy_chat=0.1,
+        probe_every=250,
+        checkpoint_every=250,
+    ),
+    "small": BaseRecipe(
+        items=20000,
+        texts=8000,
+        knowledge_repeats=3,
+        tokenizer_sample=1000,
+        pretrain=Phase(steps=8000, batch_size=16, seq_len=512, lr=1e-3, warmup_steps=300),
+        posttrain=Phase(steps=2000, batch_size=16, seq_len=512, lr=3e-4, warmup_steps=50),
+        copy_start=0.5,
+        copy_end=0.1,
+        copy_chat=0.1,
+        probe_every=500,
+        checkpoint_every=250,
+    ),
+}
+
+
+def get_recipe(preset: str) -> BaseRecipe:
+    try:
+        return RECIPES[preset]
+    except KeyError:
+        raise BarkitError(f"no base recipe for preset {preset!r}; known: {', '.join(RECIPES)}") from None
+
+
+def _items_up_to(name: str, want: int, seed: int) -> list[Any]:
+    """Up to ``want`` train items of a category (fewer when its template space is smaller)."""
+    from barkit.suite import get_category
+
+    category = get_category(name)
+    n = want
+    while n >= 1:
+        try:
+            return category.items("train", n, seed)
+        except BarkitError:
+            n //= 2  # the category cannot produce this many distinct items
+    raise BarkitError(f"category {name!r} produced no train items")
+
+
+def general_data(recipe: BaseRecipe, seed: int) -> tuple[list[str], list[list[dict[str, str]]]]:
+    """(raw texts, conversations) of the general categories for the base model."""
+    from barkit.suite import get_category
+
+    texts: list[str] = []
+    conversations: list[list[dict[str, str]]] = []
+    for name in GENERAL:
+        category = get_category(name)
+        if category.has_text:
+            texts.extend(category.text(recipe.texts, seed))
+        # Whole-list repeats, so that copies of one question land in different packed rows.
+        repeats = recipe.knowledge_repeats if name == "knowledge" else 1
+        conversations.extend([item.messages() for item in _items_up_to(name, recipe.items, seed)] * repeats)
+    return texts, conversations
