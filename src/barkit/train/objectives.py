@@ -14,14 +14,13 @@ relying on the model would leave the loss silently disabled.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from barkit.families import expert_count
-from barkit.train.config import StageConfig
 from barkit.train.data import (
     Example,
     PackedData,
@@ -31,6 +30,10 @@ from barkit.train.data import (
     pack_examples,
     pack_stream,
 )
+
+if TYPE_CHECKING:
+    # a type only: the config module reads the kind registry, whose factories build objectives
+    from barkit.train.config import StageConfig
 
 Conversation = list[dict[str, str]]
 
