@@ -203,13 +203,16 @@ def build_route(runner: Runner, merged: Path) -> Path:
 
     recipe = runner.recipe
     plan = route_plan(merged, preset=recipe.preset, steps=recipe.route.steps, seed=recipe.seed)
-    cfg = {"sample": recipe.route.sample, "preset": recipe.preset, "stage": plan.cfg.model_dump(mode="json")}
+    spec = recipe.route
+    cfg = {"sample": spec.sample, "preset": recipe.preset, "stage": plan.cfg.model_dump(mode="json")}
+    if spec.domain_loss:  # only when set: routers built without it keep their keys
+        cfg["domain_loss"] = spec.domain_loss
     return runner.step(
         "route",
         "routed",
         cfg,
         [merged],
-        lambda p: route(merged, p, sample=recipe.route.sample, plan=plan, resume=True),
+        lambda p: route(merged, p, sample=spec.sample, plan=plan, domain_loss=spec.domain_loss, resume=True),
     )
 
 

@@ -111,6 +111,12 @@ class MergeSpec(_Strict):
 class RouteSpec(_Strict):
     sample: float = Field(0.05, gt=0.0, le=1.0, description="stratified share of all experts' SFT data")
     steps: int | None = Field(None, ge=1)
+    domain_loss: float = Field(
+        0.0,
+        ge=0.0,
+        description="coefficient of the domain-label router loss: cross-entropy of each token's router "
+        "logits against its sample's expert (general categories: the anchor); 0 = off (BAR)",
+    )
 
 
 class EvalSpec(_Strict):

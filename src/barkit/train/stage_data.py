@@ -167,20 +167,53 @@ def stratified_sample(
     return sample
 
 
-def router_sample(fraction: float) -> ObjectiveFactory:
+def router_sample(
+    fraction: float, *, domain_loss: float = 0.0, experts: Sequence[str] = ()
+) -> ObjectiveFactory:
     """A factory over the stratified ``fraction`` of the SFT pools of the stage's domains and the
-    general categories: the data BAR's router stage gets (and the baselines tuned against it)."""
+    general categories: the data BAR's router stage gets (and the baselines tuned against it).
+
+    ``domain_loss > 0`` adds the domain-label router loss: every token of a sample from
+    category ``c`` targets expert ``1 + experts.index(c)``, or the anchor (expert 0) when no
+    expert owns ``c`` (the general categories). ``experts`` are the model's experts after the
+    anchor, in order.
+    """
 
     def build(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
         from barkit.train.objectives import SFTObjective
 
         pool = sft_pool_size(inp.preset)
         data = stratified_sample(routed_categories(inp.domains), fraction, inp.cfg.seed, pool)
+        summary = {"sample": fraction, "sample_sizes": {k: len(v) for k, v in data.items()}}
+        if domain_loss > 0:
+            return _domain_labelled(inp, data, domain_loss, experts), {**summary, "domain_loss": domain_loss}
         conversations = [c for convs in data.values() for c in convs]
-        objective = SFTObjective.from_conversations(inp.tokenizer, inp.cfg, conversations)
-        return objective, {"sample": fraction, "sample_sizes": {k: len(v) for k, v in data.items()}}
+        return SFTObjective.from_conversations(inp.tokenizer, inp.cfg, conversations), summary
 
     return build
+
+
+def expert_index(category: str, experts: Sequence[str]) -> int:
+    """The expert a category's samples are routed to by the domain-label loss (0: the anchor)."""
+    return 1 + list(experts).index(category) if category in experts else 0
+
+
+def _domain_labelled(
+    inp: ObjectiveInput, data: dict[str, list[Conversation]], coef: float, experts: Sequence[str]
+) -> Objective:
+    """The router sample packed with each conversation's expert as its tokens' tag."""
+    from barkit.errors import ConfigError
+    from barkit.train.data import mix_general
+    from barkit.train.objectives import DomainRouterObjective, conversation_rows
+
+    if not experts:
+        raise ConfigError("the domain-label router loss needs the model's experts")
+    tagged = [(c, expert_index(name, experts)) for name, convs in data.items() for c in convs]
+    # shuffled as SFTObjective shuffles its conversations, each keeping its tag
+    tagged = mix_general(tagged, [], inp.cfg.general_mix, inp.cfg.seed)
+    convs, tags = [c for c, _ in tagged], [t for _, t in tagged]
+    rows = conversation_rows(inp.tokenizer, convs, inp.cfg.seq_len, tags)
+    return DomainRouterObjective(rows, inp.cfg.batch_size, inp.cfg.seed, inp.cfg.aux_loss_coef, coef)
 
 
 def default_special_tokens(domain: str, kind: str) -> list[str]:
