@@ -119,6 +119,30 @@ class RouteSpec(_Strict):
     )
 
 
+class RecoverSpec(_Strict):
+    """An optional step between merge and route (absent = off, BAR's pipeline): a short low-rate
+    training of the merged model's shared tensors and router on the router sample, experts
+    frozen (the ``recover`` stage kind; :mod:`barkit.recover`). Writes ``OUT/recovered/``."""
+
+    steps: int | None = Field(None, ge=1, description="override the preset's step count")
+    sample: float = Field(0.05, gt=0.0, le=1.0, description="stratified share of all experts' SFT data")
+    trainable: list[str] | None = Field(
+        None, description="groups or globs; default: router, embeddings, lm_head, norms (add attention)"
+    )
+    overrides: StageOverrides = Field(
+        default_factory=StageOverrides, description="further StageConfig fields (optim: {lr: ...})"
+    )
+
+    def plan(self, domains: list[str], preset: str, seed: int) -> StagePlan:
+        """This step resolved (ConfigError naming the bad field)."""
+        from barkit.recover import recover_plan
+
+        fields: dict[str, Any] = self.overrides.model_dump()
+        if self.trainable is not None:
+            fields["trainable"] = list(self.trainable)
+        return recover_plan(domains, preset=preset, steps=self.steps, seed=seed, overrides=fields)
+
+
 class EvalSpec(_Strict):
     limit: int = Field(100, ge=1, description="test items per category")
     categories: list[str] | None = None
@@ -134,6 +158,7 @@ class Recipe(_Strict):
     router_init: Literal["equal", "domain", "random"] = "equal"
     experts: dict[str, ExpertSpec] = Field(min_length=1)
     merge: MergeSpec = Field(default_factory=MergeSpec)
+    recover: RecoverSpec | None = Field(None, description="optional recovery after the merge; absent = off")
     route: RouteSpec = Field(default_factory=RouteSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
 
@@ -155,7 +180,16 @@ class Recipe(_Strict):
                     stage.plan(spec.domain, self.preset, self.seed)
                 except BarkitError as e:
                     raise ValueError(f"experts.{name}.stages.{i}: {e}") from None
+        if self.recover is not None:
+            try:
+                self.recover.plan(self.domains(), self.preset, self.seed)
+            except BarkitError as e:
+                raise ValueError(f"recover: {e}") from None
         return self
+
+    def domains(self) -> list[str]:
+        """The merged model's experts after the anchor, in recipe order (their domains)."""
+        return [spec.domain for spec in self.experts.values()]
 
 
 def parse_recipe(data: Any, source: str) -> Recipe:

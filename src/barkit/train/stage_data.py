@@ -193,6 +193,16 @@ def router_sample(
     return build
 
 
+#: BAR's router sample: 5% of every category's SFT pool
+ROUTER_SAMPLE = 0.05
+
+
+def merged_sample(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
+    """The router sample at BAR's 5%: what a stage on a merged model trains on by default
+    (``recover``); callers with another share pass :func:`router_sample` to the driver."""
+    return router_sample(ROUTER_SAMPLE)(inp)
+
+
 def expert_index(category: str, experts: Sequence[str]) -> int:
     """The expert a category's samples are routed to by the domain-label loss (0: the anchor)."""
     return 1 + list(experts).index(category) if category in experts else 0
