@@ -3,6 +3,12 @@
 A recipe names the base, each expert's domain and stages (with per-stage overrides of the
 stage defaults), the merge policy, the router stage and the evaluation. Validation happens at
 load time; an error names the field and the file.
+
+Options that may keep more of each expert through the merge, all off by default (BAR's
+pipeline): ``router_init: domain`` (FlexOlmo's router rows from domain hidden-state means), a
+stage's ``trainable: [..., embeddings:new, lm_head:new]`` (only the added tokens' rows train),
+a top-level ``recover:`` block (:class:`RecoverSpec`, a low-rate recovery of shared tensors and
+router after the merge) and ``route: {domain_loss: C}`` (a domain-label router loss).
 """
 
 from __future__ import annotations
@@ -155,7 +161,9 @@ class Recipe(_Strict):
     preset: Preset = "tiny"
     seed: int = 0
     base: BaseSpec = Field(default_factory=BaseSpec)
-    router_init: Literal["equal", "domain", "random"] = "equal"
+    router_init: Literal["equal", "domain", "random"] = Field(
+        "equal", description="branch router rows: equal (BAR), domain (FlexOlmo: domain means), random"
+    )
     experts: dict[str, ExpertSpec] = Field(min_length=1)
     merge: MergeSpec = Field(default_factory=MergeSpec)
     recover: RecoverSpec | None = Field(None, description="optional recovery after the merge; absent = off")
