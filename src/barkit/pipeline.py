@@ -54,6 +54,8 @@ class RunResult:
     base: Path
     experts: dict[str, Path] = field(default_factory=dict)
     merged: Path | None = None
+    #: the recovered merge (recipe ``recover:``), which the router stage then starts from
+    recovered: Path | None = None
     routed: Path | None = None
     steps: list[StepOutcome] = field(default_factory=list)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -194,19 +196,41 @@ def build_merge(runner: Runner, experts: dict[str, Path], base: Path) -> Path:
     return runner.step("merge", "merged", cfg, inputs, build)
 
 
+def build_recover(runner: Runner, merged: Path) -> Path:
+    """The optional recovery of the merged model (recipe ``recover:``), keyed on its plan."""
+    from barkit.recover import recover
+
+    recipe = runner.recipe
+    spec = recipe.recover
+    if spec is None:
+        raise ConfigError("the recipe has no recover step")
+    plan = spec.plan(recipe.domains(), recipe.preset, recipe.seed)
+    cfg = {"sample": spec.sample, "resolved": plan.to_json()}
+    return runner.step(
+        "recover",
+        "recovered",
+        cfg,
+        [merged],
+        lambda p: recover(merged, p, sample=spec.sample, plan=plan, resume=True),
+    )
+
+
 def build_route(runner: Runner, merged: Path) -> Path:
     """The router stage on the merged model, keyed on the plan it then runs."""
     from barkit.route import route, route_plan
 
     recipe = runner.recipe
     plan = route_plan(merged, preset=recipe.preset, steps=recipe.route.steps, seed=recipe.seed)
-    cfg = {"sample": recipe.route.sample, "preset": recipe.preset, "stage": plan.cfg.model_dump(mode="json")}
+    spec = recipe.route
+    cfg = {"sample": spec.sample, "preset": recipe.preset, "stage": plan.cfg.model_dump(mode="json")}
+    if spec.domain_loss:  # only when set: routers built without it keep their keys
+        cfg["domain_loss"] = spec.domain_loss
     return runner.step(
         "route",
         "routed",
         cfg,
         [merged],
-        lambda p: route(merged, p, sample=recipe.route.sample, plan=plan, resume=True),
+        lambda p: route(merged, p, sample=spec.sample, plan=plan, domain_loss=spec.domain_loss, resume=True),
     )
 
 
@@ -230,7 +254,9 @@ def run_recipe(
         result.experts[name] = build_expert(runner, name, recipe.experts[name], base)
     if only is None:
         result.merged = build_merge(runner, result.experts, base)
-        result.routed = build_route(runner, result.merged)
+        if recipe.recover is not None:
+            result.recovered = build_recover(runner, result.merged)
+        result.routed = build_route(runner, result.recovered or result.merged)
         if evaluate:
             from barkit.report import evaluate_run
 

@@ -3,6 +3,12 @@
 A recipe names the base, each expert's domain and stages (with per-stage overrides of the
 stage defaults), the merge policy, the router stage and the evaluation. Validation happens at
 load time; an error names the field and the file.
+
+Options that may keep more of each expert through the merge, all off by default (BAR's
+pipeline): ``router_init: domain`` (FlexOlmo's router rows from domain hidden-state means), a
+stage's ``trainable: [..., embeddings:new, lm_head:new]`` (only the added tokens' rows train),
+a top-level ``recover:`` block (:class:`RecoverSpec`, a low-rate recovery of shared tensors and
+router after the merge) and ``route: {domain_loss: C}`` (a domain-label router loss).
 """
 
 from __future__ import annotations
@@ -123,6 +129,36 @@ class MergeSpec(_Strict):
 class RouteSpec(_Strict):
     sample: float = Field(0.05, gt=0.0, le=1.0, description="stratified share of all experts' SFT data")
     steps: int | None = Field(None, ge=1)
+    domain_loss: float = Field(
+        0.0,
+        ge=0.0,
+        description="coefficient of the domain-label router loss: cross-entropy of each token's router "
+        "logits against its sample's expert (general categories: the anchor); 0 = off (BAR)",
+    )
+
+
+class RecoverSpec(_Strict):
+    """An optional step between merge and route (absent = off, BAR's pipeline): a short low-rate
+    training of the merged model's shared tensors and router on the router sample, experts
+    frozen (the ``recover`` stage kind; :mod:`barkit.recover`). Writes ``OUT/recovered/``."""
+
+    steps: int | None = Field(None, ge=1, description="override the preset's step count")
+    sample: float = Field(0.05, gt=0.0, le=1.0, description="stratified share of all experts' SFT data")
+    trainable: list[str] | None = Field(
+        None, description="groups or globs; default: router, embeddings, lm_head, norms (add attention)"
+    )
+    overrides: StageOverrides = Field(
+        default_factory=StageOverrides, description="further StageConfig fields (optim: {lr: ...})"
+    )
+
+    def plan(self, domains: list[str], preset: str, seed: int) -> StagePlan:
+        """This step resolved (ConfigError naming the bad field)."""
+        from barkit.recover import recover_plan
+
+        fields: dict[str, Any] = self.overrides.model_dump()
+        if self.trainable is not None:
+            fields["trainable"] = list(self.trainable)
+        return recover_plan(domains, preset=preset, steps=self.steps, seed=seed, overrides=fields)
 
 
 class EvalSpec(_Strict):
@@ -137,9 +173,12 @@ class Recipe(_Strict):
     preset: Preset = "tiny"
     seed: int = 0
     base: BaseSpec = Field(default_factory=BaseSpec)
-    router_init: Literal["equal", "domain", "random"] = "equal"
+    router_init: Literal["equal", "domain", "random"] = Field(
+        "equal", description="branch router rows: equal (BAR), domain (FlexOlmo: domain means), random"
+    )
     experts: dict[str, ExpertSpec] = Field(min_length=1)
     merge: MergeSpec = Field(default_factory=MergeSpec)
+    recover: RecoverSpec | None = Field(None, description="optional recovery after the merge; absent = off")
     route: RouteSpec = Field(default_factory=RouteSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
 
@@ -161,7 +200,16 @@ class Recipe(_Strict):
                     stage.plan(spec.domain, self.preset, self.seed)
                 except BarkitError as e:
                     raise ValueError(f"experts.{name}.stages.{i}: {e}") from None
+        if self.recover is not None:
+            try:
+                self.recover.plan(self.domains(), self.preset, self.seed)
+            except BarkitError as e:
+                raise ValueError(f"recover: {e}") from None
         return self
+
+    def domains(self) -> list[str]:
+        """The merged model's experts after the anchor, in recipe order (their domains)."""
+        return [spec.domain for spec in self.experts.values()]
 
     @model_validator(mode="after")
     def _merge_weights_per_expert(self) -> Recipe:

@@ -59,6 +59,8 @@ def evaluate_run(runner: Runner, result: RunResult) -> dict[str, Scores]:
     models.update({f"expert:{name}": path for name, path in result.experts.items()})
     if result.merged is not None:
         models["merged (no routing)"] = result.merged
+    if result.recovered is not None:
+        models["merged + recovered"] = result.recovered
     if result.routed is not None:
         models["BAR (routed)"] = result.routed
     table: dict[str, Scores] = {}

@@ -5,6 +5,12 @@ each category keeping its share (stratified), as BAR found 5% of the SFT data en
 tensor other than the routers stays bit-identical (the training loop's trainable selection
 guarantees it; tests check it). Afterwards the share of each domain's tokens sent to each
 expert is measured, saved and drawn as a heatmap.
+
+Option (off by default, BAR trains the router on the LM loss alone): ``domain_loss`` (recipe
+``route: {domain_loss: 0.5}``, ``barkit route --domain-loss 0.5``) adds that coefficient times
+a cross-entropy between every token's router logits (each MoE layer, averaged) and the expert
+of its sample's domain; samples of the general categories target the anchor (expert 0). It
+tells the router which expert owns which domain where the LM loss alone does not separate them.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import torch
 
 from barkit.artifacts import atomic_write_text, config_fingerprint, read_manifest
 from barkit.errors import ArtifactError
-from barkit.train.stage_data import routed_categories, sft_pool_size, stratified_sample
+from barkit.train.kinds import sft_pool_size
+from barkit.train.stage_data import routed_categories, stratified_sample
 
 if TYPE_CHECKING:
     from barkit.train.stages import StagePlan
@@ -101,6 +108,20 @@ def route_plan(
     return resolve_stage("router", routed_categories(domains), preset, steps, seed, on="merged")
 
 
+def route_config(sample: float, plan: StagePlan, domain_loss: float = 0.0) -> dict[str, Any]:
+    """The router stage's resolved config (manifest and pipeline key); ``domain_loss`` appears
+    only when set, so that routers trained without it keep their fingerprints."""
+    resolved: dict[str, Any] = {
+        "sample": sample,
+        "seed": plan.cfg.seed,
+        "preset": plan.preset,
+        "stage": plan.cfg.model_dump(mode="json"),
+    }
+    if domain_loss:
+        resolved["domain_loss"] = domain_loss
+    return resolved
+
+
 def route(
     merged_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -110,12 +131,14 @@ def route(
     preset: str = "tiny",
     steps: int | None = None,
     plan: StagePlan | None = None,
+    domain_loss: float = 0.0,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Router-only training of a merged model; writes the routed model, fractions and heatmap.
 
-    ``plan`` (from :func:`route_plan`) replaces ``seed``, ``preset`` and ``steps``.
+    ``plan`` (from :func:`route_plan`) replaces ``seed``, ``preset`` and ``steps``;
+    ``domain_loss`` > 0 adds the domain-label router loss with that coefficient.
     """
     from barkit.modeling import save_model
     from barkit.train.stage_data import router_sample
@@ -126,13 +149,12 @@ def route(
     plan = plan or route_plan(merged_dir, preset=preset, steps=steps, seed=seed)
     seed, preset = plan.cfg.seed, plan.preset
     work = out.parent / f".{out.name}.work"
-    trained = run_stage_on(
-        merged_dir, plan, work, data=router_sample(sample), resume=resume, progress=progress
-    )
+    data = router_sample(sample, domain_loss=domain_loss, experts=expert_domains(manifest))
+    trained = run_stage_on(merged_dir, plan, work, data=data, resume=resume, progress=progress)
     result, tokenizer = trained.result, trained.tokenizer
     eval_sample = stratified_sample(plan.domains, min(sample, 0.02), seed + 1, sft_pool_size(preset))
     fractions = routing_fractions(result.model, tokenizer, eval_sample, plan.cfg.seq_len)
-    resolved = {"sample": sample, "seed": seed, "preset": preset, "stage": plan.cfg.model_dump(mode="json")}
+    resolved = route_config(sample, plan, domain_loss)
     routed = save_model(
         result.model,  # type: ignore[arg-type]
         tokenizer,

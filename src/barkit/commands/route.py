@@ -15,6 +15,14 @@ def main(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     preset: Annotated[str, typer.Option("--preset", help="micro|tiny|small: step counts")] = "tiny",
     steps: Annotated[int | None, typer.Option("--steps", help="override the preset's step count")] = None,
+    domain_loss: Annotated[
+        float,
+        typer.Option(
+            "--domain-loss",
+            help="coefficient of a cross-entropy between each token's router logits and the expert "
+            "of its sample's domain (general samples: the anchor); 0 = off, BAR's LM loss alone",
+        ),
+    ] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run")] = False,
 ) -> None:
     """Train only the router; every other tensor stays bit-identical. Writes routing.png."""
@@ -23,5 +31,16 @@ def main(
 
     if not 0.0 < sample <= 1.0:
         raise ConfigError(f"--sample {sample}: must be in (0, 1]")
-    manifest = route(merged, out, sample=sample, seed=seed, preset=preset, steps=steps, resume=resume)
+    if domain_loss < 0:
+        raise ConfigError(f"--domain-loss {domain_loss}: must be >= 0")
+    manifest = route(
+        merged,
+        out,
+        sample=sample,
+        seed=seed,
+        preset=preset,
+        steps=steps,
+        domain_loss=domain_loss,
+        resume=resume,
+    )
     print(f"routed model: {out} (fingerprint {manifest['fingerprint']}); heatmap: {out}/routing.png")

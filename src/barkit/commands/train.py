@@ -32,8 +32,9 @@ def main(
         str | None,
         typer.Option(
             "--trainable",
-            help="Comma-separated groups (expert, router, embeddings, lm_head, attention, norms) or "
-            "parameter globs; default: BAR's schedule for the stage.",
+            help="Comma-separated groups (expert, router, embeddings, lm_head, attention, norms), "
+            "embeddings:new / lm_head:new (only the added tokens' rows) or parameter globs; default: "
+            "BAR's schedule for the stage.",
         ),
     ] = None,
     general_mix: Annotated[

@@ -80,7 +80,8 @@ class StageConfig(BaseModel):
     optim: OptimConfig = Field(default_factory=lambda: OptimConfig(), description="Optimizer and schedule.")
     trainable: list[str] | None = Field(
         default=None,
-        description="Group names (expert, router, embeddings, lm_head, attention, norms) or fnmatch "
+        description="Group names (expert, router, embeddings, lm_head, attention, norms), "
+        "embeddings:new / lm_head:new (only the rows of the tokens this stage adds train) or fnmatch "
         "globs over parameter names; None = the default of this kind (barkit.train.kinds).",
     )
     aux_loss_coef: float | None = Field(

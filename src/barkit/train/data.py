@@ -45,25 +45,37 @@ def mix_general(domain: Sequence[T], general: Sequence[T], general_mix: float, s
     return out
 
 
+#: per-token tag of no example (padding): ignored by a tagged loss, like cross-entropy's ignore index
+NO_TAG = -100
+
+
 @dataclass
 class PackedData:
     """Fixed-length rows: ``input_ids``, ``loss_mask`` (1 where the next token is trained on,
-    aligned with the *target* position) and ``attention_mask`` (0 on right padding)."""
+    aligned with the *target* position) and ``attention_mask`` (0 on right padding).
+
+    ``tags`` (optional) carries each token's example tag, :data:`NO_TAG` on padding: the router's
+    domain-label loss reads the expert each token's sample belongs to from it.
+    """
 
     input_ids: torch.Tensor
     loss_mask: torch.Tensor
     attention_mask: torch.Tensor
+    tags: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
     def rows(self, index: list[int]) -> dict[str, torch.Tensor]:
         idx = torch.tensor(index, dtype=torch.long)
-        return {
+        out = {
             "input_ids": self.input_ids[idx],
             "loss_mask": self.loss_mask[idx],
             "attention_mask": self.attention_mask[idx],
         }
+        if self.tags is not None:
+            out["tags"] = self.tags[idx]
+        return out
 
 
 def pack_stream(token_lists: Sequence[list[int]], seq_len: int) -> PackedData:
@@ -80,40 +92,48 @@ def pack_stream(token_lists: Sequence[list[int]], seq_len: int) -> PackedData:
     return PackedData(ids, ones.clone(), ones)
 
 
-def pack_examples(examples: Sequence[Example], seq_len: int, pad_id: int) -> PackedData:
+def pack_examples(
+    examples: Sequence[Example], seq_len: int, pad_id: int, tags: Sequence[int] | None = None
+) -> PackedData:
     """Greedily place whole examples into rows of ``seq_len``, right-padded (SFT).
 
     An example is never split across rows (its loss mask would lose its prompt); one longer
     than a row is truncated. Packing instead of one example per row avoids computing on
-    padding, which dominates for short conversations.
+    padding, which dominates for short conversations. ``tags`` (one per example) become the
+    per-token :attr:`PackedData.tags`.
     """
-    rows: list[tuple[list[int], list[int]]] = []
-    cur_ids: list[int] = []
-    cur_mask: list[int] = []
-    for ids, mask in examples:
+    if tags is not None and len(tags) != len(examples):
+        raise BarkitError(f"{len(tags)} tags for {len(examples)} examples")
+    rows: list[tuple[list[int], list[int], list[int]]] = []
+    cur: tuple[list[int], list[int], list[int]] = ([], [], [])
+    for k, (ids, mask) in enumerate(examples):
         ids, mask = ids[:seq_len], mask[:seq_len]
-        if cur_ids and len(cur_ids) + len(ids) > seq_len:
-            rows.append((cur_ids, cur_mask))
-            cur_ids, cur_mask = [], []
-        cur_ids = cur_ids + ids
-        cur_mask = cur_mask + mask
-    if cur_ids:
-        rows.append((cur_ids, cur_mask))
+        if cur[0] and len(cur[0]) + len(ids) > seq_len:
+            rows.append(cur)
+            cur = ([], [], [])
+        tag = NO_TAG if tags is None else tags[k]
+        cur = (cur[0] + ids, cur[1] + mask, cur[2] + [tag] * len(ids))
+    if cur[0]:
+        rows.append(cur)
     if not rows:
         raise BarkitError("no training examples to pack")
-    return _pad_rows(rows, seq_len, pad_id)
+    return _pad_rows(rows, seq_len, pad_id, tagged=tags is not None)
 
 
-def _pad_rows(rows: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int) -> PackedData:
+def _pad_rows(
+    rows: list[tuple[list[int], list[int], list[int]]], seq_len: int, pad_id: int, *, tagged: bool
+) -> PackedData:
     n = len(rows)
     ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
     loss = torch.zeros((n, seq_len), dtype=torch.long)
     attn = torch.zeros((n, seq_len), dtype=torch.long)
-    for i, (r_ids, r_mask) in enumerate(rows):
+    tags = torch.full((n, seq_len), NO_TAG, dtype=torch.long)
+    for i, (r_ids, r_mask, r_tags) in enumerate(rows):
         ids[i, : len(r_ids)] = torch.tensor(r_ids, dtype=torch.long)
         loss[i, : len(r_mask)] = torch.tensor(r_mask, dtype=torch.long)
         attn[i, : len(r_ids)] = 1
-    return PackedData(ids, loss, attn)
+        tags[i, : len(r_tags)] = torch.tensor(r_tags, dtype=torch.long)
+    return PackedData(ids, loss, attn, tags if tagged else None)
 
 
 def concat_packed(parts: Sequence[PackedData]) -> PackedData:

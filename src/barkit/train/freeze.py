@@ -3,18 +3,21 @@
 ``select_trainable`` turns group names (``expert``, ``router``, ...) and fnmatch globs into a
 :class:`TrainPlan`, logging how many tensors and parameters each pattern selected and refusing a
 pattern that selects nothing (a typo would otherwise silently freeze what the user meant to train).
+``embeddings:new`` and ``lm_head:new`` train only the rows of the tokens the stage adds: the
+tensor trains, and :class:`RowGuard` keeps every other row bit-identical.
 
 ``AnchorGuard`` keeps the anchor (expert 0 and router row 0) bit-identical. Excluding a tensor
 from the optimizer is not enough here: the anchor is a *slice* of the fused expert tensors, which
 train as a whole, and AdamW's decoupled weight decay and momentum move a parameter even when its
 gradient is zero. So the guard zeroes the anchor's gradient (keeping it out of the clipping norm)
-and copies the snapshot back after every optimizer step.
+and copies the snapshot back after every optimizer step. ``RowGuard`` does the same for the
+pre-existing rows of a tensor selected by ``embeddings:new`` / ``lm_head:new``.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +34,9 @@ def _quiet(_: str) -> None:
 
 # Groups that train at the full learning rate in an MoE; every other (shared) tensor is scaled.
 UNSCALED_GROUPS = ("expert", "router")
+#: ``GROUP:new`` trains only the rows of the tokens the stage adds, for these groups
+NEW_ROWS_SUFFIX = ":new"
+ROW_GROUPS = ("embeddings", "lm_head")
 
 
 @dataclass
@@ -45,11 +51,13 @@ class TrainPlan:
     groups: dict[str, str] = field(default_factory=dict)
     #: whether the model is an MoE (only an MoE has shared tensors to scale)
     moe: bool = False
+    #: tensor name -> the only rows of it that train (``embeddings:new``, ``lm_head:new``)
+    only_rows: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def parameter_count(self, model: nn.Module) -> tuple[int, int]:
-        """(trainable, total) parameter counts."""
+        """(trainable, total) parameter counts; a row-limited tensor counts its trained rows."""
         params = dict(model.named_parameters())
-        trained = sum(params[n].numel() for n in self.trainable)
+        trained = sum(_trained_numel(params[n], self.only_rows.get(n)) for n in self.trainable)
         return trained, sum(p.numel() for p in params.values())
 
     def lr_scale(self, name: str, shared_lr_scale: float) -> float:
@@ -58,6 +66,12 @@ class TrainPlan:
         if not self.moe or self.groups.get(name) in UNSCALED_GROUPS:
             return 1.0
         return shared_lr_scale
+
+
+def _trained_numel(param: nn.Parameter, rows: tuple[int, ...] | None) -> int:
+    if rows is None:
+        return param.numel()
+    return len(rows) * (param.numel() // max(param.shape[0], 1))
 
 
 def _group_patterns(model: nn.Module) -> tuple[dict[str, tuple[str, ...]], bool]:
@@ -88,8 +102,43 @@ def _defaults_present(patterns: list[str], groups: dict[str, tuple[str, ...]], l
     return kept
 
 
+def _vocab_tensor(model: nn.Module, group: str) -> str:
+    """The parameter name of the input embedding or the LM head, found by identity, so that a
+    tied LM head resolves to the embedding tensor it is."""
+    getter = "get_input_embeddings" if group == "embeddings" else "get_output_embeddings"
+    weight = getattr(getattr(model, getter)(), "weight", None)
+    for name, param in model.named_parameters():
+        if param is weight:
+            return name
+    raise BarkitError(f"trainable pattern '{group}{NEW_ROWS_SUFFIX}': the model has no {group} tensor")
+
+
+def _new_rows_hit(model: nn.Module, pattern: str, new_rows: Sequence[int]) -> list[str]:
+    """The one tensor ``pattern`` (``embeddings:new`` / ``lm_head:new``) trains rows of."""
+    group = pattern.removesuffix(NEW_ROWS_SUFFIX)
+    if group not in ROW_GROUPS:
+        raise BarkitError(f"trainable pattern {pattern!r}: only {', '.join(ROW_GROUPS)} have token rows")
+    if not new_rows:
+        raise BarkitError(f"trainable pattern {pattern!r}: the stage adds no token, so no row would train")
+    return [_vocab_tensor(model, group)]
+
+
+def _glob_hit(pattern: str, groups: dict[str, tuple[str, ...]], names: list[str]) -> list[str]:
+    globs = _expand(pattern, groups)
+    hit = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
+    if not hit:
+        known = ", ".join(sorted(groups))
+        raise BarkitError(f"trainable pattern {pattern!r} matches no parameter (groups: {known})")
+    return hit
+
+
 def select_trainable(
-    model: nn.Module, patterns: list[str], *, strict: bool = True, log: Log = _quiet
+    model: nn.Module,
+    patterns: list[str],
+    *,
+    strict: bool = True,
+    log: Log = _quiet,
+    new_rows: Sequence[int] = (),
 ) -> TrainPlan:
     """Make exactly the parameters matched by ``patterns`` trainable; freeze the rest.
 
@@ -99,25 +148,34 @@ def select_trainable(
     matches no parameter. ``strict=False`` is for a stage kind's *default* set: it first drops
     groups the architecture lacks; explicit patterns stay strict. The plan records each
     tensor's group, which the optimizer's learning-rate scaling reads.
+
+    ``embeddings:new`` and ``lm_head:new`` select the embedding / LM head tensor but train only
+    the rows ``new_rows`` (the ids of the tokens this stage adds); a tensor that another pattern
+    selects whole trains whole. On a tied model both name the one shared tensor.
     """
     groups, moe = _group_patterns(model)
     if not strict:
         patterns = _defaults_present(patterns, groups, log)
     if not patterns:
         raise BarkitError("trainable set is empty: name at least one group or pattern")
-    names = [n for n, _ in model.named_parameters()]
-    sizes = {n: p.numel() for n, p in model.named_parameters()}
+    params = dict(model.named_parameters())
+    names = list(params)
     chosen: set[str] = set()
+    whole: set[str] = set()
     plan = TrainPlan(trainable=[], frozen=[], groups={n: _group_of(n, groups) for n in names}, moe=moe)
+    rows = tuple(sorted(set(new_rows)))
     for pattern in patterns:
-        globs = _expand(pattern, groups)
-        hit = [n for n in names if any(fnmatch.fnmatchcase(n, g) for g in globs)]
-        if not hit:
-            known = ", ".join(sorted(groups))
-            raise BarkitError(f"trainable pattern {pattern!r} matches no parameter (groups: {known})")
-        plan.per_pattern[pattern] = (len(hit), sum(sizes[n] for n in hit))
-        log(f"trainable {pattern}: {len(hit)} tensors, {plan.per_pattern[pattern][1]:,} parameters")
-        chosen.update(hit)
+        by_rows = pattern.endswith(NEW_ROWS_SUFFIX)
+        hit = _new_rows_hit(model, pattern, rows) if by_rows else _glob_hit(pattern, groups, names)
+        if by_rows:
+            plan.only_rows.update(dict.fromkeys(hit, rows))
+        (chosen if by_rows else whole).update(hit)
+        size = sum(_trained_numel(params[n], rows if by_rows else None) for n in hit)
+        plan.per_pattern[pattern] = (len(hit), size)
+        log(f"trainable {pattern}: {len(hit)} tensors, {size:,} parameters")
+    chosen |= whole
+    for name in whole:  # selected whole by another pattern: the row limit does not apply
+        plan.only_rows.pop(name, None)
     for name, param in model.named_parameters():
         param.requires_grad_(name in chosen)
         (plan.trainable if name in chosen else plan.frozen).append(name)
@@ -126,18 +184,17 @@ def select_trainable(
     return plan
 
 
-class AnchorGuard:
-    """Snapshot of the anchor slices, restored after every optimizer step."""
+class SliceGuard:
+    """Views of trainable parameters kept bit-identical: their gradient is zeroed before
+    clipping and the snapshot copied back after every optimizer step."""
 
-    def __init__(self, model: nn.Module) -> None:
-        from barkit.families import family_of
-
+    def __init__(self, model: nn.Module, slices: Sequence[tuple[str, torch.Tensor]]) -> None:
         self._slices: list[tuple[str, torch.Tensor, torch.Tensor, nn.Parameter]] = []
         owners = {p.untyped_storage().data_ptr(): p for p in model.parameters()}
-        for name, view in family_of(model).anchor_slices(model):
+        for name, view in slices:
             owner = owners.get(view.untyped_storage().data_ptr())
             if owner is None:
-                raise BarkitError(f"anchor slice {name!r} is not a view of a model parameter")
+                raise BarkitError(f"guarded slice {name!r} is not a view of a model parameter")
             self._slices.append((name, view, view.detach().clone(), owner))
 
     def __len__(self) -> int:
@@ -150,13 +207,13 @@ class AnchorGuard:
         if grad is None:
             return None
         if grad.stride() != owner.stride():
-            raise BarkitError("gradient layout differs from its parameter; cannot mask the anchor")
+            raise BarkitError("gradient layout differs from its parameter; cannot mask a guarded slice")
         offset = grad.storage_offset() + view.storage_offset() - owner.storage_offset()
         return grad.as_strided(view.shape, view.stride(), offset)
 
     @torch.no_grad()
     def zero_grads(self) -> None:
-        """Zero the anchor's gradient so it neither moves nor counts in gradient clipping."""
+        """Zero the guarded gradient so it neither moves nor counts in gradient clipping."""
         for _, view, _, owner in self._slices:
             if owner.requires_grad:
                 g = self._grad_view(view, owner)
@@ -165,11 +222,46 @@ class AnchorGuard:
 
     @torch.no_grad()
     def restore(self) -> None:
-        """Copy the snapshot back (undoing weight decay and momentum on the anchor)."""
+        """Copy the snapshot back (undoing weight decay and momentum on the guarded slices)."""
         for _, view, saved, owner in self._slices:
             if owner.requires_grad:
                 view.copy_(saved)
 
     def check(self) -> list[str]:
-        """Names of anchor slices that differ from the snapshot (empty when intact)."""
+        """Names of guarded slices that differ from the snapshot (empty when intact)."""
         return [name for name, view, saved, _ in self._slices if not torch.equal(view, saved)]
+
+
+class AnchorGuard(SliceGuard):
+    """Snapshot of the anchor slices (expert 0 and router row 0), restored after every step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        from barkit.families import family_of
+
+        super().__init__(model, family_of(model).anchor_slices(model))
+
+
+def kept_row_ranges(rows: int, trained: Sequence[int]) -> list[tuple[int, int]]:
+    """The contiguous ``[start, stop)`` row ranges of ``rows`` that are not in ``trained``."""
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    for row in sorted(set(trained)):
+        if row > start:
+            ranges.append((start, row))
+        start = row + 1
+    if start < rows:
+        ranges.append((start, rows))
+    return ranges
+
+
+class RowGuard(SliceGuard):
+    """The pre-existing rows of a ``:new`` tensor (every row but the added tokens'), kept
+    bit-identical: the tensor is one parameter, so AdamW would otherwise move all its rows."""
+
+    def __init__(self, model: nn.Module, plan: TrainPlan) -> None:
+        slices = []
+        for name, trained in plan.only_rows.items():
+            param = model.get_parameter(name)
+            for start, stop in kept_row_ranges(param.shape[0], trained):
+                slices.append((f"{name}[{start}:{stop}]", param[start:stop]))
+        super().__init__(model, slices)

@@ -20,6 +20,7 @@ from barkit.train.stage_data import (
     ObjectiveFactory,
     chat_objective,
     general_objective,
+    merged_sample,
     rl_objective,
     text_objective,
 )
@@ -193,8 +194,33 @@ ROUTER = KindSpec(
     inputs=frozenset({"branch", "merged", "stitched"}),
 )
 
+# An option after the merge (recipe ``recover:``), off by default (BAR goes from merge to router).
+# BTX trains the whole merged model briefly after merging; here the experts stay frozen and the
+# tensors that averaging disturbed (embeddings, LM head, norms) re-fit them, with the router, at a
+# low rate, on the router sample (all experts' SFT data plus general). Attention is left frozen by
+# default (add ``attention`` to ``trainable`` to train it). No weight decay: a short recovery must
+# not pull the averaged tensors towards zero. The rates are guesses to be measured.
+RECOVER = KindSpec(
+    "recover",
+    order=35,
+    trainable=("router", "embeddings", "lm_head", "norms"),
+    general_mix=0.0,
+    shared_lr_scale=1.0,
+    weight_decay=0.0,
+    objective=merged_sample,
+    sizes=_sizes(
+        {
+            "micro": (4, 4, 1, 64, 1e-4, 0),
+            "tiny": (40, 8, 1, 256, 1e-4, 4),
+            "small": (150, 16, 1, 256, 3e-5, 10),
+        },
+        data=False,
+    ),
+    inputs=frozenset({"merged"}),
+)
+
 #: name -> kind, the one registry (tests add a kind with ``monkeypatch.setitem``)
-KINDS: dict[str, KindSpec] = {k.name: k for k in (PRETRAIN, MIDTRAIN, SFT, RLVR, ROUTER)}
+KINDS: dict[str, KindSpec] = {k.name: k for k in (PRETRAIN, MIDTRAIN, SFT, RLVR, RECOVER, ROUTER)}
 
 
 def get_kind(name: str) -> KindSpec:
@@ -202,6 +228,11 @@ def get_kind(name: str) -> KindSpec:
     if name not in KINDS:
         raise ConfigError(f"unknown stage kind {name!r}; known: {', '.join(kind_names())}")
     return KINDS[name]
+
+
+def sft_pool_size(preset: str) -> int:
+    """Items per category an expert's SFT stage draws from: the pool the router sample shares."""
+    return get_kind("sft").at(preset).domain_items
 
 
 def kind_names(*, runs_on: str | None = None, in_recipe: bool | None = None) -> tuple[str, ...]:

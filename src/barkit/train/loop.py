@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from torch import nn
 from barkit.errors import ArtifactError
 from barkit.train.config import OptimConfig, StageConfig
 from barkit.train.data import count_tokens
-from barkit.train.freeze import AnchorGuard, TrainPlan, select_trainable
+from barkit.train.freeze import AnchorGuard, RowGuard, TrainPlan, select_trainable
 from barkit.train.objectives import Objective
 
 CHECKPOINT = "checkpoint"
@@ -129,7 +129,14 @@ def _load_checkpoint(
 class _Stage:
     """One run of ``run_stage``: holds the moving parts so each piece stays a short method."""
 
-    def __init__(self, model: nn.Module, cfg: StageConfig, objective: Objective, out_dir: Path) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: StageConfig,
+        objective: Objective,
+        out_dir: Path,
+        new_rows: Sequence[int] = (),
+    ) -> None:
         from accelerate import Accelerator
 
         self.cfg, self.objective, self.out_dir = cfg, objective, out_dir
@@ -139,11 +146,14 @@ class _Stage:
         self.log = self.acc.print
         # A kind's default set is lenient (a dense model has no router); explicit sets are strict.
         strict = cfg.trainable is not None
-        self.plan = select_trainable(model, cfg.trainable_patterns(), strict=strict, log=self.log)
-        self.guard = AnchorGuard(model)
-        if len(self.guard):
-            self.log(f"anchor guard: {len(self.guard)} slices kept bit-identical")
+        patterns = cfg.trainable_patterns()
+        self.plan = select_trainable(model, patterns, strict=strict, log=self.log, new_rows=new_rows)
         self.inner = model.to(self.acc.device)
+        # Snapshots after the move: a view taken before .to(device) would point at the old storage.
+        self.guards = (AnchorGuard(model), RowGuard(model, self.plan))
+        for what, guard in zip(("anchor", "pre-existing row"), self.guards, strict=True):
+            if len(guard):
+                self.log(f"{what} guard: {len(guard)} slices kept bit-identical")
         self.opt, self.names = _optimizer(self.inner, cfg.optim, self.plan)
         self.params = [p for g in self.opt.param_groups for p in g["params"]]
         self.model = self.acc.prepare_model(self.inner)
@@ -204,12 +214,14 @@ class _Stage:
         lr = lr_at(self.step, self.cfg.steps, self.cfg.optim)
         for group in self.opt.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        self.guard.zero_grads()
+        for guard in self.guards:
+            guard.zero_grads()
         clip = self.cfg.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else float("inf"))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        self.guard.restore()
+        for guard in self.guards:
+            guard.restore()
         return float(norm)
 
     def train_step(self) -> dict[str, float]:
@@ -265,6 +277,7 @@ def run_stage(
     resume: bool = False,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    new_rows: Sequence[int] = (),
 ) -> StageResult:
     """Train ``model`` in place for one stage and return it with its metrics.
 
@@ -273,14 +286,15 @@ def run_stage(
     ``resume=True`` a run continues from that checkpoint and ends bit-identical to an
     uninterrupted one. ``on_step(step, metrics)`` runs after each step (after its checkpoint).
     ``tokenizer`` is accepted so objectives that generate (RL) share the loop's signature; the
-    loop itself does not use it.
+    loop itself does not use it. ``new_rows`` are the ids of the tokens the stage added: the
+    only rows that ``embeddings:new`` / ``lm_head:new`` train.
     """
     from tqdm.auto import tqdm
 
     del tokenizer
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stage = _Stage(model, cfg, objective, out)
+    stage = _Stage(model, cfg, objective, out, new_rows)
     if resume:
         stage.resume()
     if stage.main:

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from barkit.errors import BarkitError
 from barkit.families import expert_count
 from barkit.train.data import (
+    NO_TAG,
     Example,
     PackedData,
     RowSampler,
@@ -149,6 +151,11 @@ class PackedObjective:
         return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        loss, metrics, _ = self.forward(model, batch)
+        return loss, metrics
+
+    def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float], Any]:
+        """(loss, metrics, model output): subclasses add terms computed from the output."""
         config = unwrap(model).config
         moe = moe_shape(config)
         # No attention_mask: padding is only ever at the right end of a row, where causal
@@ -158,14 +165,45 @@ class PackedObjective:
         lm = next_token_loss(out.logits, batch["input_ids"], batch["loss_mask"])
         metrics = {"lm_loss": float(lm.detach())}
         if moe is None:
-            return lm, metrics
+            return lm, metrics, out
         aux, fractions = router_stats(out.router_logits, *moe, batch["attention_mask"])
         coef = self._coef(config)
         metrics["aux_loss"] = float(aux.detach())
         metrics.update({f"expert_frac/{i}": float(f) for i, f in enumerate(fractions)})
         shares = weight_shares(out.router_logits, moe[1], batch["attention_mask"])
         metrics.update({f"expert_weight/{i}": float(w) for i, w in enumerate(shares)})
-        return (lm + coef * aux if coef > 0 else lm), metrics
+        return (lm + coef * aux if coef > 0 else lm), metrics, out
+
+
+def domain_label_loss(router_logits: Sequence[Tensor], targets: Tensor) -> Tensor:
+    """Cross-entropy between each token's router logits and its target expert, averaged over
+    the MoE layers (each layer's router is told where the token belongs); tokens tagged
+    :data:`~barkit.train.data.NO_TAG` (padding) are left out."""
+    flat = targets.reshape(-1)
+    if not bool((flat != NO_TAG).any()):
+        return router_logits[0].sum() * 0.0  # keeps the graph, as next_token_loss does
+    losses = [F.cross_entropy(layer.float(), flat, ignore_index=NO_TAG) for layer in router_logits]
+    return torch.stack(losses).mean()
+
+
+class DomainRouterObjective(PackedObjective):
+    """Packed rows whose ``tags`` hold each token's expert index: the LM loss (plus load
+    balancing) and ``domain_loss`` times :func:`domain_label_loss` (the router stage's
+    ``domain_loss`` option)."""
+
+    def __init__(
+        self, data: PackedData, batch_size: int, seed: int, aux_loss_coef: float | None, domain_loss: float
+    ) -> None:
+        if data.tags is None:
+            raise BarkitError("the domain-label router loss needs tagged rows (an expert per sample)")
+        super().__init__(data, batch_size, seed, aux_loss_coef)
+        self.domain_loss = domain_loss
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+        loss, metrics, out = self.forward(model, batch)
+        domain = domain_label_loss(out.router_logits, batch["tags"])
+        metrics["domain_loss"] = float(domain.detach())
+        return loss + self.domain_loss * domain, metrics
 
 
 def _encode_text(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -180,12 +218,15 @@ def text_rows(tokenizer: Any, texts: Sequence[str], seq_len: int) -> PackedData:
     return pack_stream(_encode_text(tokenizer, texts), seq_len)
 
 
-def conversation_rows(tokenizer: Any, conversations: Sequence[Conversation], seq_len: int) -> PackedData:
-    """Conversations -> packed rows with the loss on assistant tokens only."""
+def conversation_rows(
+    tokenizer: Any, conversations: Sequence[Conversation], seq_len: int, tags: Sequence[int] | None = None
+) -> PackedData:
+    """Conversations -> packed rows with the loss on assistant tokens only (``tags``: one per
+    conversation, see :attr:`PackedData.tags`)."""
     from barkit.tokenizer import encode_conversation
 
     examples: list[Example] = [encode_conversation(tokenizer, c, seq_len) for c in conversations]
-    return pack_examples(examples, seq_len, _pad_id(tokenizer))
+    return pack_examples(examples, seq_len, _pad_id(tokenizer), tags)
 
 
 def _pad_id(tokenizer: Any) -> int:

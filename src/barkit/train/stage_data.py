@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from barkit.train.config import GRPOConfig, StageConfig
+    from barkit.train.kinds import Sizes
     from barkit.train.objectives import Objective
 
 Conversation = list[dict[str, str]]
@@ -33,13 +34,15 @@ class ObjectiveInput:
     grpo: GRPOConfig | None
     domains: tuple[str, ...]
     preset: str
+    #: this stage kind's numbers at this preset (the driver reads them from the registry)
+    sizes: Sizes
+    #: items per category of an SFT stage at this preset: the pool the router sample shares
+    sft_pool: int
 
     def data_sizes(self) -> tuple[int, int]:
         """(items per domain, general items) of this stage's kind at this preset."""
-        from barkit.train.kinds import get_kind
-
-        sizes = get_kind(self.cfg.kind).at(self.preset)
-        return sizes.domain_items, (sizes.general_items if self.cfg.general_mix > 0 else 0)
+        general = self.sizes.general_items if self.cfg.general_mix > 0 else 0
+        return self.sizes.domain_items, general
 
 
 ObjectiveFactory = Callable[[ObjectiveInput], "tuple[Objective, dict[str, Any]]"]
@@ -135,13 +138,6 @@ def general_objective(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
 # ----------------------------------------------------------------------------- the router sample
 
 
-def sft_pool_size(preset: str) -> int:
-    """Items per category an expert's SFT stage draws from: the pool the router sample shares."""
-    from barkit.train.kinds import get_kind
-
-    return get_kind("sft").at(preset).domain_items
-
-
 def routed_categories(domains: Sequence[str]) -> list[str]:
     """Domains first, then the general categories not already among them."""
     from barkit.suite import GENERAL
@@ -167,20 +163,63 @@ def stratified_sample(
     return sample
 
 
-def router_sample(fraction: float) -> ObjectiveFactory:
+def router_sample(
+    fraction: float, *, domain_loss: float = 0.0, experts: Sequence[str] = ()
+) -> ObjectiveFactory:
     """A factory over the stratified ``fraction`` of the SFT pools of the stage's domains and the
-    general categories: the data BAR's router stage gets (and the baselines tuned against it)."""
+    general categories: the data BAR's router stage gets (and the baselines tuned against it).
+
+    ``domain_loss > 0`` adds the domain-label router loss: every token of a sample from
+    category ``c`` targets expert ``1 + experts.index(c)``, or the anchor (expert 0) when no
+    expert owns ``c`` (the general categories). ``experts`` are the model's experts after the
+    anchor, in order.
+    """
 
     def build(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
         from barkit.train.objectives import SFTObjective
 
-        pool = sft_pool_size(inp.preset)
+        pool = inp.sft_pool
         data = stratified_sample(routed_categories(inp.domains), fraction, inp.cfg.seed, pool)
+        summary = {"sample": fraction, "sample_sizes": {k: len(v) for k, v in data.items()}}
+        if domain_loss > 0:
+            return _domain_labelled(inp, data, domain_loss, experts), {**summary, "domain_loss": domain_loss}
         conversations = [c for convs in data.values() for c in convs]
-        objective = SFTObjective.from_conversations(inp.tokenizer, inp.cfg, conversations)
-        return objective, {"sample": fraction, "sample_sizes": {k: len(v) for k, v in data.items()}}
+        return SFTObjective.from_conversations(inp.tokenizer, inp.cfg, conversations), summary
 
     return build
+
+
+#: BAR's router sample: 5% of every category's SFT pool
+ROUTER_SAMPLE = 0.05
+
+
+def merged_sample(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
+    """The router sample at BAR's 5%: what a stage on a merged model trains on by default
+    (``recover``); callers with another share pass :func:`router_sample` to the driver."""
+    return router_sample(ROUTER_SAMPLE)(inp)
+
+
+def expert_index(category: str, experts: Sequence[str]) -> int:
+    """The expert a category's samples are routed to by the domain-label loss (0: the anchor)."""
+    return 1 + list(experts).index(category) if category in experts else 0
+
+
+def _domain_labelled(
+    inp: ObjectiveInput, data: dict[str, list[Conversation]], coef: float, experts: Sequence[str]
+) -> Objective:
+    """The router sample packed with each conversation's expert as its tokens' tag."""
+    from barkit.errors import ConfigError
+    from barkit.train.data import mix_general
+    from barkit.train.objectives import DomainRouterObjective, conversation_rows
+
+    if not experts:
+        raise ConfigError("the domain-label router loss needs the model's experts")
+    tagged = [(c, expert_index(name, experts)) for name, convs in data.items() for c in convs]
+    # shuffled as SFTObjective shuffles its conversations, each keeping its tag
+    tagged = mix_general(tagged, [], inp.cfg.general_mix, inp.cfg.seed)
+    convs, tags = [c for c, _ in tagged], [t for _, t in tagged]
+    rows = conversation_rows(inp.tokenizer, convs, inp.cfg.seq_len, tags)
+    return DomainRouterObjective(rows, inp.cfg.batch_size, inp.cfg.seed, inp.cfg.aux_loss_coef, coef)
 
 
 def default_special_tokens(domain: str, kind: str) -> list[str]:

@@ -113,7 +113,20 @@ def resolve_stage(
     tokens = extra.add_special_tokens
     if tokens is None:
         tokens = list(dict.fromkeys(t for d in names for t in default_special_tokens(d, stage)))
+    _check_new_rows(cfg, tokens)
     return StagePlan(stage, on, names, preset, cfg, grpo, list(tokens))
+
+
+def _check_new_rows(cfg: StageConfig, tokens: Sequence[str]) -> None:
+    """``embeddings:new`` / ``lm_head:new`` train the rows of the tokens this stage adds; with
+    none to add they would train nothing, which is refused when the stage is resolved."""
+    from barkit.train.freeze import NEW_ROWS_SUFFIX
+
+    by_rows = [p for p in cfg.trainable_patterns() if p.endswith(NEW_ROWS_SUFFIX)]
+    if by_rows and not tokens:
+        raise ConfigError(
+            f"trainable {by_rows[0]!r} needs tokens to add (add_special_tokens); this stage adds none"
+        )
 
 
 # ----------------------------------------------------------------------------- running
@@ -165,20 +178,28 @@ def run_stage_on(
     resumable checkpoint; it is kept after a failure that left a checkpoint to resume from and
     removed by :meth:`Trained.cleanup` once the caller has saved.
     """
-    from barkit.train.kinds import get_kind
+    from barkit.train.kinds import get_kind, sft_pool_size
     from barkit.train.loop import run_stage
     from barkit.vocab import add_special_tokens
 
     started = time.perf_counter()
     model, tokenizer, parent = _load(source if isinstance(source, tuple) else Path(source), plan)
     tokens = plan.special_tokens
+    before = set(tokenizer.get_vocab())
     added = dict(zip(tokens, add_special_tokens(model, tokenizer, tokens), strict=True)) if tokens else {}
+    # rows of tokens that did not exist before this stage: what `embeddings:new` may train
+    new_rows = sorted(i for t, i in added.items() if t not in before)
     factory = data or get_kind(plan.kind).objective
-    inp = ObjectiveInput(model, tokenizer, plan.cfg, plan.grpo, plan.domains, plan.preset)
+    sizes = get_kind(plan.cfg.kind).at(plan.preset)
+    inp = ObjectiveInput(
+        model, tokenizer, plan.cfg, plan.grpo, plan.domains, plan.preset, sizes, sft_pool_size(plan.preset)
+    )
     objective, summary = factory(inp)
     folder = Path(work)
     try:
-        result = run_stage(model, tokenizer, plan.cfg, objective, folder, resume=resume, progress=progress)
+        result = run_stage(
+            model, tokenizer, plan.cfg, objective, folder, resume=resume, progress=progress, new_rows=new_rows
+        )
     except BaseException:
         if not (folder / "checkpoint").exists():
             shutil.rmtree(folder, ignore_errors=True)
