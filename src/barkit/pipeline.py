@@ -127,7 +127,11 @@ def build_base(runner: Runner) -> Path:
     arch, preset, seed = recipe.base.arch, recipe.preset, recipe.seed
     shipped = find_shipped(arch, preset, seed) if recipe.base.steps is None else None
     # The key is the base recipe's fingerprint, so the shipped copy and a rebuild share it.
-    cfg = {"arch": arch, "recipe_fingerprint": expected_fingerprint(arch, preset, seed), "steps": None}
+    cfg: dict[str, Any] = {
+        "arch": arch,
+        "recipe_fingerprint": expected_fingerprint(arch, preset, seed),
+        "steps": None,
+    }
     if shipped is not None:
         return runner.step("base", "base", cfg, [], lambda p: copy_shipped(shipped, p))
     cfg["steps"] = recipe.base.steps

@@ -123,10 +123,10 @@ def rl_objective(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
 
 def general_objective(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
     """The base model's data: general text and conversations packed together (``pretrain``)."""
-    from barkit.base import general_data
+    from barkit.base import general_data, get_recipe
     from barkit.train.objectives import PackedObjective, mixed_rows
 
-    texts, conversations = general_data(inp.preset, inp.cfg.seed)
+    texts, conversations = general_data(get_recipe(inp.preset), inp.cfg.seed)
     rows = mixed_rows(inp.tokenizer, texts, conversations, inp.cfg.seq_len)
     objective = PackedObjective(rows, inp.cfg.batch_size, inp.cfg.seed, inp.cfg.aux_loss_coef)
     return objective, {"texts": len(texts), "conversations": len(conversations)}
