@@ -67,6 +67,8 @@ class KindSpec:
     rl: bool = False
     #: log every step at every preset (RL's reward curve is a result, not a diagnostic)
     log_every_step: bool = False
+    #: the row kind it reads from a user's file (``barkit.userdata``: text, sft, rl); None: none
+    data_kind: str | None = None
 
     def at(self, preset: str) -> Sizes:
         """This kind's numbers at ``preset`` (ConfigError naming the known presets otherwise)."""
@@ -126,6 +128,7 @@ MIDTRAIN = KindSpec(
     inputs=frozenset({"branch", "dense"}),
     in_recipe=True,
     needs_text=True,
+    data_kind="text",
 )
 # shared_lr_scale 0.1 at SFT: BAR trains shared tensors at the experts' rate; at 7B an SFT run
 # moves embeddings and LM head by a small fraction of their size, so averaging them over experts
@@ -152,6 +155,7 @@ SFT = KindSpec(
     ),
     inputs=frozenset({"branch", "dense"}),
     in_recipe=True,
+    data_kind="sft",
 )
 RLVR = KindSpec(
     "rlvr",
@@ -172,6 +176,7 @@ RLVR = KindSpec(
     in_recipe=True,
     rl=True,
     log_every_step=True,
+    data_kind="rl",
 )
 # On a branch the router stage reads the SFT conversations (for studying one expert's routing);
 # on a merged or stitched model its callers hand it the stratified router sample instead.
@@ -191,6 +196,7 @@ ROUTER = KindSpec(
         }
     ),
     inputs=frozenset({"branch", "merged", "stitched"}),
+    data_kind="sft",
 )
 
 #: name -> kind, the one registry (tests add a kind with ``monkeypatch.setitem``)

@@ -13,7 +13,7 @@ relying on the model would leave the loss silently disabled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -32,6 +32,8 @@ from barkit.train.data import (
 )
 
 Conversation = list[dict[str, str]]
+#: (tokenizer, conversation, max_len) -> (ids, loss mask)
+Encode = Callable[[Any, Conversation, int], Example]
 
 
 @runtime_checkable
@@ -176,15 +178,24 @@ def text_rows(tokenizer: Any, texts: Sequence[str], seq_len: int) -> PackedData:
     return pack_stream(_encode_text(tokenizer, texts), seq_len)
 
 
-def conversation_rows(tokenizer: Any, conversations: Sequence[Conversation], seq_len: int) -> PackedData:
-    """Conversations -> packed rows with the loss on assistant tokens only."""
+def conversation_rows(
+    tokenizer: Any, conversations: Sequence[Conversation], seq_len: int, encode: Encode | None = None
+) -> PackedData:
+    """Conversations -> packed rows with the loss on assistant tokens only.
+
+    ``encode(tokenizer, conversation, max_len)`` gives ids and loss mask: barkit's own chat
+    format by default, :func:`barkit.userdata.encode_chat` (the model's own template) for a
+    user's data.
+    """
     from barkit.tokenizer import encode_conversation
 
-    examples: list[Example] = [encode_conversation(tokenizer, c, seq_len) for c in conversations]
-    return pack_examples(examples, seq_len, _pad_id(tokenizer))
+    encoder = encode or encode_conversation
+    examples: list[Example] = [encoder(tokenizer, c, seq_len) for c in conversations]
+    return pack_examples(examples, seq_len, pad_id_of(tokenizer))
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id_of(tokenizer: Any) -> int:
+    """The id right padding uses: pad, else eos, else 0 (padding is masked out of the loss)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return int(pad if pad is not None else 0)
 
@@ -210,9 +221,10 @@ class SFTObjective(PackedObjective):
         cfg: StageConfig,
         conversations: Sequence[Conversation],
         general: Sequence[Conversation] = (),
+        encode: Encode | None = None,
     ) -> SFTObjective:
         convs = mix_general(list(conversations), list(general), cfg.general_mix, cfg.seed)
-        data = conversation_rows(tokenizer, convs, cfg.seq_len)
+        data = conversation_rows(tokenizer, convs, cfg.seq_len, encode)
         return cls(data, cfg.batch_size, cfg.seed, cfg.aux_loss_coef)
 
 
