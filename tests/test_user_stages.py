@@ -266,3 +266,38 @@ def test_bad_input_is_one_line_and_status_2(
     assert main([*argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "no chat template" in err and err.count("\n") == 1 and not out.exists()
+
+
+# ----------------------------------------------------------------------------- route
+
+
+@pytest.fixture(scope="module")
+def merged(world: dict[str, Path]) -> Path:
+    """Two experts trained on the user's two SFT files, merged."""
+    root = world["root"]
+    for name, form in (("alpha", "messages"), ("beta", "pc")):
+        assert train(world, root / name, "--stage", "sft", "--data", str(world[form]), "--name", name) == 0
+    assert main(["merge", str(root / "alpha"), str(root / "beta"), "--out", str(root / "merged")]) == 0
+    return root / "merged"
+
+
+def test_route_on_the_experts_own_files(world: dict[str, Path], merged: Path, tmp_path: Path) -> None:
+    from barkit.modeling import load_model
+    from barkit.userdata import content_hash
+
+    out = tmp_path / "routed"
+    files = f"{world['messages']},{world['pc']}"
+    argv = ["route", str(merged), "--out", str(out), "--data", files, "--sample", "0.25"]
+    assert main([*argv, "--preset", "micro", "--steps", "2"]) == 0
+    manifest = read_manifest(out)
+    assert manifest["experts"] == ["anchor", "alpha", "beta"]
+    assert manifest["sample_sizes"] == {"chat": 6, "pc": 6}  # a quarter of each file's 24 rows
+    assert manifest["config"]["data"]["content_hashes"] == [
+        content_hash(world["messages"]),
+        content_hash(world["pc"]),
+    ]
+    assert set(manifest["routing_fractions"]) == {"chat", "pc"}
+    before, _ = load_model(merged)
+    after, _ = load_model(out)
+    moved = {n for n, p in after.named_parameters() if not torch.equal(p, before.get_parameter(n))}
+    assert moved and all("gate" in n or "router" in n for n in moved), moved
