@@ -301,3 +301,79 @@ def test_route_on_the_experts_own_files(world: dict[str, Path], merged: Path, tm
     after, _ = load_model(out)
     moved = {n for n, p in after.named_parameters() if not torch.equal(p, before.get_parameter(n))}
     assert moved and all("gate" in n or "router" in n for n in moved), moved
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def _data_recipe(world: dict[str, Path], alpha: Path, **route: Any) -> dict[str, Any]:
+    def expert(path: Path) -> dict[str, Any]:
+        return {"stages": [{"kind": "sft", "data": str(path), "steps": 2}]}
+
+    return {
+        "name": "mine",
+        "preset": "micro",
+        "base": {"path": str(world["base"])},
+        "experts": {"alpha": expert(alpha), "beta": expert(world["pc"])},
+        "route": {"steps": 2, **route},
+    }
+
+
+def test_recipe_data_fields_are_checked_at_load(world: dict[str, Path], tmp_path: Path) -> None:
+    from barkit.errors import ConfigError
+    from barkit.recipe import load_recipe, parse_recipe
+
+    recipe = parse_recipe(_data_recipe(world, world["messages"]), "r")
+    assert recipe.experts["alpha"].domain is None
+    assert recipe.route_files() == [str(world["messages"]), str(world["pc"])]  # the experts' own sft files
+
+    def refused(data: dict[str, Any], needle: str) -> None:
+        with pytest.raises(ConfigError, match=needle):
+            parse_recipe(data, "r.yaml")
+
+    missing = _data_recipe(world, tmp_path / "gone.jsonl")
+    refused(missing, r"r.yaml: experts.alpha.stages.0.data: .*gone.jsonl: no such file")
+    rl = _data_recipe(world, world["messages"])
+    rl["experts"]["alpha"]["stages"] = [{"kind": "rlvr", "data": str(world["rl"])}]
+    refused(rl, "experts.alpha.stages.0: .*needs a verifier")
+    rl["experts"]["alpha"]["stages"][0]["verifier"] = "nope"
+    refused(rl, "unknown verifier 'nope'")
+    refused(
+        {**_data_recipe(world, world["messages"]), "route": {"data": [str(tmp_path / "x.jsonl")]}},
+        "route.data: .*x.jsonl: no such file",
+    )
+    no_data = _data_recipe(world, world["messages"])
+    no_data["experts"]["beta"]["stages"] = [{"kind": "sft"}]
+    refused(no_data, "experts.beta: stages.0: an expert without a suite domain needs data")
+
+    # relative paths are read from the recipe's folder
+    import yaml
+
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    (folder / "chat.jsonl").write_text(world["messages"].read_text())
+    data = _data_recipe(world, Path("chat.jsonl"))
+    (folder / "r.yaml").write_text(yaml.safe_dump(data))
+    loaded = load_recipe(folder / "r.yaml")
+    assert loaded.experts["alpha"].stages[0].data == str((folder / "chat.jsonl").resolve())
+
+
+def test_recipe_on_data_rebuilds_only_the_expert_whose_file_changed(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    from barkit.pipeline import run_recipe
+    from barkit.recipe import parse_recipe
+
+    alpha = tmp_path / "alpha.jsonl"
+    alpha.write_text(world["messages"].read_text())
+    recipe = parse_recipe(_data_recipe(world, alpha), "r")
+    first = run_recipe(recipe, tmp_path / "run", evaluate=False, log=lambda _: None)
+    assert all(s.ran for s in first.steps)
+    assert read_manifest(tmp_path / "run" / "routed")["experts"] == ["anchor", "alpha", "beta"]
+
+    rows = alpha.read_text().splitlines()
+    alpha.write_text("\n".join(rows[:-3]) + "\n")
+    recipe = parse_recipe(_data_recipe(world, alpha), "r")
+    second = run_recipe(recipe, tmp_path / "run", evaluate=False, log=lambda _: None)
+    ran = {s.name for s in second.steps if s.ran}
+    assert ran == {"experts.alpha.sft", "merge", "route"}, ran
