@@ -6,7 +6,10 @@ special tokens, with the input kind's default trainable set where the overrides 
 runs once per stage; a pipeline keys its step on the plan and hands the same plan to the run.
 :func:`run_stage_on` checks the input (a folder, checked before any weights load, or a model
 already in memory), adds the special tokens, builds the objective (the kind's own, or the
-caller's ``data``, e.g. the router's stratified sample) and trains through the one loop.
+caller's ``data``, e.g. the router's stratified sample) and trains through the one loop. A plan
+with ``data`` (a :class:`~barkit.train.file_data.UserData`) reads the user's files instead of
+the suite; its content hashes and verifier are part of the resolved config, hence of every
+fingerprint keyed on it.
 
 :func:`run_stage_dir` is the folder-to-folder form every expert and dense stage uses; the
 router stage (``barkit route``), the baselines' MoE tuning and the stitch training call
