@@ -71,7 +71,7 @@ class Budget:
 
 def domain_plan(recipe: Recipe) -> DomainPlan:
     """Each expert's domain and stage kinds, from a recipe (the same plan for every method)."""
-    return {spec.domain: tuple(s.kind for s in spec.stages) for spec in recipe.experts.values()}
+    return {spec.suite_domain(): tuple(s.kind for s in spec.stages) for spec in recipe.experts.values()}
 
 
 class ScopedRunner(Runner):

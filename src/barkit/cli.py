@@ -45,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning user errors into one line on stderr and status 2."""
     app = build_app()
     try:
-        app(args=argv, prog_name="barkit", standalone_mode=False)
+        code = app(args=argv, prog_name="barkit", standalone_mode=False)
+        # typer turns Ctrl-C into click's Abort and, outside standalone mode, returns 130
+        # instead of raising; commands themselves return None
+        if isinstance(code, int) and code:
+            if code == 130:
+                print("barkit: interrupted", file=sys.stderr)
+            return code
     except BarkitError as e:
         print(f"barkit: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -149,6 +149,7 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Pat
     from barkit.train.stages import run_stage_dir
 
     recipe = runner.recipe
+    label = spec.label(name)  # the suite domain, or the name of an expert on the user's data
     cfg = {"router_init": recipe.router_init, "domain": spec.domain, "seed": recipe.seed}
     current = runner.step(
         f"experts.{name}.branch",
@@ -158,8 +159,9 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Pat
         lambda p: branch(base, p, router_init=recipe.router_init, domain=spec.domain, seed=recipe.seed),
     )
     for stage in spec.stages:
-        plan = stage.plan(spec.domain, recipe.preset, recipe.seed)
-        stage_cfg = {"kind": stage.kind, "domain": spec.domain, "resolved": plan.to_json()}
+        plan = stage.plan(label, recipe.preset, recipe.seed)
+        # the resolved plan holds the data's content hash: an edited file rebuilds this expert
+        stage_cfg = {"kind": stage.kind, "domain": label, "resolved": plan.to_json()}
         previous = current
 
         def build(p: Path, plan: StagePlan = plan, previous: Path = previous) -> Any:
@@ -220,11 +222,19 @@ def build_route(runner: Runner, merged: Path) -> Path:
     from barkit.route import route, route_plan
 
     recipe = runner.recipe
-    plan = route_plan(merged, preset=recipe.preset, steps=recipe.route.steps, seed=recipe.seed)
     spec = recipe.route
+    files = recipe.route_files()
+    data = None
+    if files is not None:
+        from barkit.train.file_data import user_data
+
+        data = user_data(files)
+    plan = route_plan(merged, preset=recipe.preset, steps=spec.steps, seed=recipe.seed, data=data)
     cfg = {"sample": spec.sample, "preset": recipe.preset, "stage": plan.cfg.model_dump(mode="json")}
     if spec.domain_loss:  # only when set: routers built without it keep their keys
         cfg["domain_loss"] = spec.domain_loss
+    if data is not None:
+        cfg["data"] = data.to_json()
     return runner.step(
         "route",
         "routed",

@@ -9,6 +9,10 @@ pipeline): ``router_init: domain`` (FlexOlmo's router rows from domain hidden-st
 stage's ``trainable: [..., embeddings:new, lm_head:new]`` (only the added tokens' rows train),
 a top-level ``recover:`` block (:class:`RecoverSpec`, a low-rate recovery of shared tensors and
 router after the merge) and ``route: {domain_loss: C}`` (a domain-label router loss).
+
+A stage may train on the user's own file instead of the suite (``data:``, with ``general_data``,
+``general_mix`` and, for rlvr, ``verifier``), and an expert whose stages all have ``data`` needs
+no suite ``domain``: its name is the expert's. Relative paths are read from the recipe's folder.
 """
 
 from __future__ import annotations
@@ -18,13 +22,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from barkit.errors import BarkitError, ConfigError
 from barkit.merge.policies import SharedPolicy, check_weights  # the merge's policy table
 from barkit.train.config import StageOverrides
 
 if TYPE_CHECKING:
+    from barkit.train.file_data import UserData
     from barkit.train.stages import StagePlan
 
 Preset = Literal["micro", "tiny", "small"]
@@ -32,6 +45,17 @@ Preset = Literal["micro", "tiny", "small"]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _existing(value: str, info: ValidationInfo) -> str:
+    """An existing data path, made absolute (relative to the recipe's folder when it has one)."""
+    path = Path(value).expanduser()
+    root = (info.context or {}).get("root")
+    if not path.is_absolute() and root is not None:
+        path = Path(root) / path
+    if not path.exists():
+        raise ValueError(f"{value}: no such file or folder")
+    return str(path.resolve())
 
 
 class BaseSpec(_Strict):
@@ -51,9 +75,31 @@ class StageSpec(_Strict):
     general_mix: float | None = Field(None, ge=0.0, le=1.0, description="share of general data")
     trainable: list[str] | None = Field(None, description="groups or globs; default: BAR's schedule")
     add_special_tokens: list[str] = Field(default_factory=list)
+    data: str | None = Field(None, description="the user's file for this stage instead of the suite")
+    general_data: str | None = Field(None, description="general data mixed into data (same format)")
+    verifier: str | None = Field(None, description="rlvr on data: a verifier name or module:function")
     overrides: StageOverrides = Field(
         default_factory=StageOverrides, description="further StageConfig fields"
     )
+
+    @field_validator("data", "general_data")
+    @classmethod
+    def _data_exists(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _existing(v, info)
+
+    @model_validator(mode="after")
+    def _with_data(self) -> StageSpec:
+        if self.data is None and (self.general_data is not None or self.verifier is not None):
+            raise ValueError("general_data and verifier go with data (the stage's own file)")
+        return self
+
+    def user_data(self) -> UserData | None:
+        """The stage's files, hashed, and its verifier; None on the suite."""
+        if self.data is None:
+            return None
+        from barkit.train.file_data import user_data
+
+        return user_data(self.data, general=self.general_data, verifier=self.verifier)
 
     @field_validator("kind")
     @classmethod
@@ -76,24 +122,49 @@ class StageSpec(_Strict):
             fields["trainable"] = list(self.trainable)
         if self.add_special_tokens:
             fields["add_special_tokens"] = list(self.add_special_tokens)
-        return resolve_stage(self.kind, domain, preset, self.steps, seed, fields)
+        return resolve_stage(self.kind, domain, preset, self.steps, seed, fields, data=self.user_data())
 
 
 class ExpertSpec(_Strict):
-    """An expert: a domain of the micro-suite and its ordered stages."""
+    """An expert: a domain of the micro-suite (or none, when every stage has ``data``) and its
+    ordered stages."""
 
-    domain: str
+    domain: str | None = None
     stages: list[StageSpec] = Field(min_length=1)
     version: str = Field("v1", description="free label; changing it rebuilds nothing by itself")
 
     @field_validator("domain")
     @classmethod
-    def _known_domain(cls, v: str) -> str:
+    def _known_domain(cls, v: str | None) -> str | None:
         from barkit.suite import CATEGORIES
 
-        if v not in CATEGORIES:
+        if v is not None and v not in CATEGORIES:
             raise ValueError(f"unknown domain {v!r}; known: {', '.join(CATEGORIES)}")
         return v
+
+    @model_validator(mode="after")
+    def _data_without_domain(self) -> ExpertSpec:
+        if self.domain is None:
+            for i, stage in enumerate(self.stages):
+                if stage.data is None:
+                    raise ValueError(
+                        f"stages.{i}: an expert without a suite domain needs data in every stage"
+                    )
+        return self
+
+    def suite_domain(self) -> str:
+        """The suite domain; the baselines and the reproduction compare methods on the suite only."""
+        if self.domain is None:
+            raise ConfigError("an expert on the user's data has no suite domain to compare methods on")
+        return self.domain
+
+    def label(self, name: str) -> str:
+        """What the expert is called in its stages and the merge: its domain, else its name."""
+        return self.domain or name
+
+    def sft_data(self) -> str | None:
+        """The file of its sft stage, if it has one: its share of the router sample."""
+        return next((s.data for s in self.stages if s.kind == "sft" and s.data is not None), None)
 
     @field_validator("stages")
     @classmethod
@@ -135,6 +206,17 @@ class RouteSpec(_Strict):
         description="coefficient of the domain-label router loss: cross-entropy of each token's router "
         "logits against its sample's expert (general categories: the anchor); 0 = off (BAR)",
     )
+    data: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="SFT files to sample instead of the suite; default: the suite when every expert "
+        "has a suite domain, else each expert's sft file",
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _files_exist(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        return None if v is None else [_existing(p, info) for p in v]
 
 
 class RecoverSpec(_Strict):
@@ -197,7 +279,7 @@ class Recipe(_Strict):
         for name, spec in self.experts.items():
             for i, stage in enumerate(spec.stages):
                 try:
-                    stage.plan(spec.domain, self.preset, self.seed)
+                    stage.plan(spec.label(name), self.preset, self.seed)
                 except BarkitError as e:
                     raise ValueError(f"experts.{name}.stages.{i}: {e}") from None
         if self.recover is not None:
@@ -208,25 +290,47 @@ class Recipe(_Strict):
         return self
 
     def domains(self) -> list[str]:
-        """The merged model's experts after the anchor, in recipe order (their domains)."""
-        return [spec.domain for spec in self.experts.values()]
+        """The merged model's experts after the anchor, in recipe order (their domains, or for
+        an expert trained on the user's files, its name)."""
+        return [spec.label(name) for name, spec in self.experts.items()]
 
     @model_validator(mode="after")
     def _merge_weights_per_expert(self) -> Recipe:
         self.merge.check(experts=len(self.experts))
         return self
 
+    @model_validator(mode="after")
+    def _data_experts(self) -> Recipe:
+        """What experts without a suite domain need: no domain router init, a router sample."""
+        named = [n for n, e in self.experts.items() if e.domain is None]
+        if named and self.router_init == "domain":
+            raise ValueError(f"router_init 'domain' needs a suite domain; experts {named} have none")
+        self.route_files()
+        return self
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    def route_files(self) -> list[str] | None:
+        """The SFT files the router samples: ``route.data``, else None (the suite) when every
+        expert has a suite domain, else each expert's sft file."""
+        if self.route.data is not None:
+            return list(self.route.data)
+        if all(e.domain is not None for e in self.experts.values()):
+            return None
+        files = {name: e.sft_data() for name, e in self.experts.items()}
+        missing = [name for name, f in files.items() if f is None]
+        if missing:
+            raise ValueError(
+                f"route.data: experts {missing} have no sft data to sample; list the router's SFT files"
+            )
+        return [str(f) for f in files.values()]
 
 
-def parse_recipe(data: Any, source: str) -> Recipe:
-    """Validate a recipe dict; ConfigError names the first bad field and the source."""
+def parse_recipe(data: Any, source: str, root: str | Path | None = None) -> Recipe:
+    """Validate a recipe dict; ConfigError names the first bad field and the source. Relative
+    data paths are read from ``root`` (the recipe's folder), else the working directory."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a recipe is a mapping at the top level")
     try:
-        return Recipe.model_validate(data)
+        return Recipe.model_validate(data, context={"root": root})
     except ValidationError as e:
         err = e.errors()[0]
         msg = str(err["msg"]).removeprefix("Value error, ")
@@ -243,7 +347,7 @@ def load_recipe(path: str | Path) -> Recipe:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return parse_recipe(data, str(path))
+    return parse_recipe(data, str(path), root=path.parent)
 
 
 def builtin_recipe(name: str = "default") -> Recipe:

@@ -88,6 +88,8 @@ def stage_scores(runner: Runner, table: Mapping[str, Scores]) -> dict[str, dict[
     recipe = runner.recipe
     rows: dict[str, dict[str, float]] = {}
     for name, spec in recipe.experts.items():
+        if spec.domain is None:
+            continue  # an expert on the user's data has no suite category to score it on
         row = {"base": table["base"][spec.domain]} if spec.domain in table.get("base", {}) else {}
         for stage in spec.stages:
             folder = runner.out / "experts" / name / stage.kind

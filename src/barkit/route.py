@@ -1,7 +1,8 @@
 """Route: train only the router of a merged model on a stratified sample of SFT data.
 
 The sample is drawn from the union of the experts' SFT data plus the general categories,
-each category keeping its share (stratified), as BAR found 5% of the SFT data enough. Every
+each category keeping its share (stratified), as BAR found 5% of the SFT data enough; or, with
+``data``, from the experts' own SFT files, each file keeping its share. Every
 tensor other than the routers stays bit-identical (the training loop's trainable selection
 guarantees it; tests check it). Afterwards the share of each domain's tokens sent to each
 expert is measured, saved and drawn as a heatmap.
@@ -18,21 +19,24 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from barkit.artifacts import atomic_write_text, config_fingerprint, read_manifest
-from barkit.errors import ArtifactError
+from barkit.errors import ArtifactError, ConfigError
 from barkit.train.kinds import sft_pool_size
-from barkit.train.stage_data import routed_categories, stratified_sample
+from barkit.train.stage_data import ObjectiveFactory, routed_categories, stratified_sample
 
 if TYPE_CHECKING:
+    from barkit.train.file_data import UserData
     from barkit.train.stages import StagePlan
 
 Conversation = list[dict[str, str]]
+#: (tokenizer, conversation, max_len) -> (ids, loss mask)
+Encode = Callable[[Any, Conversation, int], tuple[list[int], list[int]]]
 
 
 def expert_domains(manifest: dict[str, Any]) -> list[str]:
@@ -45,11 +49,20 @@ def expert_domains(manifest: dict[str, Any]) -> list[str]:
 
 @torch.no_grad()
 def routing_fractions(
-    model: Any, tokenizer: Any, sample: dict[str, list[Conversation]], seq_len: int = 256
+    model: Any,
+    tokenizer: Any,
+    sample: dict[str, list[Conversation]],
+    seq_len: int = 256,
+    encode: Encode | None = None,
 ) -> dict[str, list[float]]:
-    """Per category: the share of its tokens' routing weight that goes to each expert."""
+    """Per category: the share of its tokens' routing weight that goes to each expert.
+
+    ``encode`` renders a conversation (barkit's chat format by default; a user's files use the
+    model's own template)."""
     from barkit.tokenizer import encode_conversation
     from barkit.train.objectives import moe_shape, routing_weights
+
+    encode = encode or encode_conversation
 
     shape = moe_shape(model.config)
     if shape is None:
@@ -59,7 +72,7 @@ def routing_fractions(
     for name, convs in sample.items():
         total = torch.zeros(shape[0])
         for conv in convs:
-            ids, _ = encode_conversation(tokenizer, conv, seq_len)
+            ids, _ = encode(tokenizer, conv, seq_len)
             out = model(input_ids=torch.tensor([ids]), output_router_logits=True, use_cache=False)
             total += routing_weights(out.router_logits, shape[1]).sum(dim=0)
         result[name] = (total / total.sum().clamp_min(1e-12)).tolist()
@@ -98,13 +111,20 @@ def plot_routing(
 
 
 def route_plan(
-    merged_dir: str | os.PathLike[str], *, preset: str = "tiny", steps: int | None = None, seed: int = 0
+    merged_dir: str | os.PathLike[str],
+    *,
+    preset: str = "tiny",
+    steps: int | None = None,
+    seed: int = 0,
+    data: UserData | None = None,
 ) -> StagePlan:
     """The router stage of a merged model: the router kind on a merged input, over its experts'
-    domains and the general categories."""
+    domains and the general categories, or over the SFT files in ``data``."""
     from barkit.train.stages import resolve_stage
 
     domains = expert_domains(read_manifest(Path(merged_dir)))
+    if data is not None:
+        return resolve_stage("router", domains, preset, steps, seed, on="merged", data=data)
     return resolve_stage("router", routed_categories(domains), preset, steps, seed, on="merged")
 
 
@@ -119,7 +139,27 @@ def route_config(sample: float, plan: StagePlan, domain_loss: float = 0.0) -> di
     }
     if domain_loss:
         resolved["domain_loss"] = domain_loss
+    if plan.data is not None:
+        resolved["data"] = plan.data.to_json()
     return resolved
+
+
+def _samples(
+    plan: StagePlan, sample: float, domain_loss: float, experts: list[str]
+) -> tuple[ObjectiveFactory, dict[str, list[Conversation]], Any]:
+    """(training sample factory, held-out sample for the routing fractions, its encoder)."""
+    from barkit.train.stage_data import router_sample
+
+    seed, share = plan.cfg.seed, min(sample, 0.02)
+    if plan.data is None:
+        held_out = stratified_sample(plan.domains, share, seed + 1, sft_pool_size(plan.preset))
+        return router_sample(sample, domain_loss=domain_loss, experts=experts), held_out, None
+    if domain_loss:
+        raise ConfigError("the domain-label router loss needs the suite's router sample, not --data files")
+    from barkit.train.file_data import file_sample, router_sample_files
+    from barkit.userdata import encode_chat
+
+    return router_sample_files(plan.data, sample), file_sample(plan.data, share, seed + 1), encode_chat
 
 
 def route(
@@ -132,28 +172,28 @@ def route(
     steps: int | None = None,
     plan: StagePlan | None = None,
     domain_loss: float = 0.0,
+    data: UserData | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Router-only training of a merged model; writes the routed model, fractions and heatmap.
 
-    ``plan`` (from :func:`route_plan`) replaces ``seed``, ``preset`` and ``steps``;
+    ``plan`` (from :func:`route_plan`) replaces ``seed``, ``preset``, ``steps`` and ``data``, the
+    experts' SFT files to sample instead of the suite (see :func:`barkit.train.file_data.user_data`);
     ``domain_loss`` > 0 adds the domain-label router loss with that coefficient.
     """
     from barkit.modeling import save_model
-    from barkit.train.stage_data import router_sample
     from barkit.train.stages import run_stage_on
 
     merged_dir, out = Path(merged_dir), Path(out_dir)
     manifest = read_manifest(merged_dir)
-    plan = plan or route_plan(merged_dir, preset=preset, steps=steps, seed=seed)
+    plan = plan or route_plan(merged_dir, preset=preset, steps=steps, seed=seed, data=data)
     seed, preset = plan.cfg.seed, plan.preset
     work = out.parent / f".{out.name}.work"
-    data = router_sample(sample, domain_loss=domain_loss, experts=expert_domains(manifest))
-    trained = run_stage_on(merged_dir, plan, work, data=data, resume=resume, progress=progress)
+    factory, eval_sample, encode = _samples(plan, sample, domain_loss, expert_domains(manifest))
+    trained = run_stage_on(merged_dir, plan, work, data=factory, resume=resume, progress=progress)
     result, tokenizer = trained.result, trained.tokenizer
-    eval_sample = stratified_sample(plan.domains, min(sample, 0.02), seed + 1, sft_pool_size(preset))
-    fractions = routing_fractions(result.model, tokenizer, eval_sample, plan.cfg.seq_len)
+    fractions = routing_fractions(result.model, tokenizer, eval_sample, plan.cfg.seq_len, encode)
     resolved = route_config(sample, plan, domain_loss)
     routed = save_model(
         result.model,  # type: ignore[arg-type]

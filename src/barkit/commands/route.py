@@ -1,4 +1,5 @@
-"""barkit route MERGED: router-only training on a stratified sample of the experts' SFT data."""
+"""barkit route MERGED: router-only training on a stratified sample of the experts' SFT data
+(the micro-suite's, or the experts' own files with ``--data a.jsonl,b.jsonl``)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ def main(
         ),
     ] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run")] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data",
+            help="comma-separated SFT files of the experts (JSONL, Parquet or saved datasets): the "
+            "sample is drawn from these, tokenized with the merged model's chat template, instead of "
+            "the micro-suite",
+        ),
+    ] = None,
 ) -> None:
     """Train only the router; every other tensor stays bit-identical. Writes routing.png."""
     from barkit.errors import ConfigError
@@ -33,6 +43,14 @@ def main(
         raise ConfigError(f"--sample {sample}: must be in (0, 1]")
     if domain_loss < 0:
         raise ConfigError(f"--domain-loss {domain_loss}: must be >= 0")
+    files = None
+    if data is not None:
+        from barkit.train.file_data import user_data
+
+        paths = [p.strip() for p in data.split(",") if p.strip()]
+        if not paths:
+            raise ConfigError("--data names no file")
+        files = user_data(paths)
     manifest = route(
         merged,
         out,
@@ -41,6 +59,7 @@ def main(
         preset=preset,
         steps=steps,
         domain_loss=domain_loss,
+        data=files,
         resume=resume,
     )
     print(f"routed model: {out} (fingerprint {manifest['fingerprint']}); heatmap: {out}/routing.png")

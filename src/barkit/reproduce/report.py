@@ -187,7 +187,7 @@ def _upgrade_section(per_seed: PerSeed, seeds: int) -> list[str]:
 def _cost_section(out: Path, recipe: Recipe, budget: Budget, inference: Mapping[str, Any]) -> list[str]:
     from barkit.report import ledger_summary
 
-    names = {spec.domain: name for name, spec in recipe.experts.items()}
+    names = {spec.suite_domain(): name for name, spec in recipe.experts.items()}
     cost = cost_scaling(ledger_summary(out), domain_plan(recipe), budget, names)
     plot_cost(cost, out / "plots" / "cost_scaling.png")
     lines = ["## Cost of domain updates (tokens, from the ledger, seed 0)", ""]

@@ -111,7 +111,7 @@ def _ablations(ctx: Context, recipe: Recipe, models: SeedModels) -> None:
     """
     steps = ctx.budget.steps
     for name, stages in models.bar.stages.items():
-        domain = recipe.experts[name].domain
+        domain = recipe.experts[name].suite_domain()
         if "rlvr" in stages:
             models.rl_frozen[name] = _domain_step(
                 ctx,

@@ -95,6 +95,26 @@ class StageConfig(BaseModel):
     general_mix: float = Field(
         default=0.0, ge=0, le=1, description="Share of general (non-domain) data mixed into the stage's data."
     )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Dtype the model is loaded and trained in; bfloat16 halves memory for models that "
+        "do not fit in float32 (the anchor stays bit-exact at that dtype).",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass (the model's activation checkpointing): "
+        "less memory, more time, the same loss.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Fields added after runs were keyed on the dump are left out at their default, so the
+        # fingerprints of every config that does not use them stay what they were.
+        data: dict[str, Any] = handler(self)
+        for name, default in _LATER_DEFAULTS.items():
+            if data.get(name) == default:
+                data.pop(name, None)
+        return data
 
     @field_validator("kind")
     @classmethod
@@ -110,6 +130,10 @@ class StageConfig(BaseModel):
         from barkit.train.kinds import get_kind
 
         return list(self.trainable) if self.trainable is not None else list(get_kind(self.kind).trainable)
+
+
+#: StageConfig fields added after pipelines first keyed on its dump, with their defaults
+_LATER_DEFAULTS: dict[str, Any] = {"dtype": "float32", "gradient_checkpointing": False}
 
 
 class GRPOConfig(BaseModel):

@@ -8,7 +8,8 @@ a single process).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -78,50 +79,60 @@ class PackedData:
         return out
 
 
-def pack_stream(token_lists: Sequence[list[int]], seq_len: int) -> PackedData:
+def pack_stream(token_lists: Iterable[Sequence[int]], seq_len: int) -> PackedData:
     """Concatenate documents and cut the stream into rows of ``seq_len`` (raw text, LM loss).
 
     Documents may span rows, as in ordinary pre-training; the tail shorter than a row is dropped.
+    The stream collects in a C array of int64 (8 bytes a token, where a Python list takes about
+    36), so a large user corpus packs in about the memory of its tensor.
     """
-    stream = [t for ids in token_lists for t in ids]
+    stream = array("q")
+    for doc in token_lists:
+        stream.extend(doc)
     n = len(stream) // seq_len
     if n == 0:
         raise BarkitError(f"not enough text to fill one sequence of {seq_len} tokens ({len(stream)} tokens)")
-    ids = torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    ids = torch.frombuffer(stream, dtype=torch.long)[: n * seq_len].clone().view(n, seq_len)
     ones = torch.ones_like(ids)
     return PackedData(ids, ones.clone(), ones)
 
 
 def pack_examples(
-    examples: Sequence[Example], seq_len: int, pad_id: int, tags: Sequence[int] | None = None
+    examples: Iterable[Example], seq_len: int, pad_id: int, tags: Sequence[int] | None = None
 ) -> PackedData:
     """Greedily place whole examples into rows of ``seq_len``, right-padded (SFT).
 
     An example is never split across rows (its loss mask would lose its prompt); one longer
     than a row is truncated. Packing instead of one example per row avoids computing on
     padding, which dominates for short conversations. ``tags`` (one per example) become the
-    per-token :attr:`PackedData.tags`.
+    per-token :attr:`PackedData.tags`. Each row becomes a tensor as soon as it is full, so
+    only one row is ever held as Python lists.
     """
-    if tags is not None and len(tags) != len(examples):
-        raise BarkitError(f"{len(tags)} tags for {len(examples)} examples")
-    rows: list[tuple[list[int], list[int], list[int]]] = []
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     cur: tuple[list[int], list[int], list[int]] = ([], [], [])
-    for k, (ids, mask) in enumerate(examples):
+    count = 0
+    for count, (ids, mask) in enumerate(examples, start=1):
         ids, mask = ids[:seq_len], mask[:seq_len]
         if cur[0] and len(cur[0]) + len(ids) > seq_len:
-            rows.append(cur)
+            rows.append(_row(*cur))
             cur = ([], [], [])
-        tag = NO_TAG if tags is None else tags[k]
+        tag = NO_TAG if tags is None or count > len(tags) else tags[count - 1]
         cur = (cur[0] + ids, cur[1] + mask, cur[2] + [tag] * len(ids))
     if cur[0]:
-        rows.append(cur)
+        rows.append(_row(*cur))
+    if tags is not None and len(tags) != count:
+        raise BarkitError(f"{len(tags)} tags for {count} examples")
     if not rows:
         raise BarkitError("no training examples to pack")
     return _pad_rows(rows, seq_len, pad_id, tagged=tags is not None)
 
 
+def _row(ids: list[int], mask: list[int], tags: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tuple(torch.tensor(x, dtype=torch.long) for x in (ids, mask, tags))  # type: ignore[return-value]
+
+
 def _pad_rows(
-    rows: list[tuple[list[int], list[int], list[int]]], seq_len: int, pad_id: int, *, tagged: bool
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], seq_len: int, pad_id: int, *, tagged: bool
 ) -> PackedData:
     n = len(rows)
     ids = torch.full((n, seq_len), pad_id, dtype=torch.long)
@@ -129,11 +140,51 @@ def _pad_rows(
     attn = torch.zeros((n, seq_len), dtype=torch.long)
     tags = torch.full((n, seq_len), NO_TAG, dtype=torch.long)
     for i, (r_ids, r_mask, r_tags) in enumerate(rows):
-        ids[i, : len(r_ids)] = torch.tensor(r_ids, dtype=torch.long)
-        loss[i, : len(r_mask)] = torch.tensor(r_mask, dtype=torch.long)
+        ids[i, : len(r_ids)] = r_ids
+        loss[i, : len(r_mask)] = r_mask
         attn[i, : len(r_ids)] = 1
-        tags[i, : len(r_tags)] = torch.tensor(r_tags, dtype=torch.long)
+        tags[i, : len(r_tags)] = r_tags
     return PackedData(ids, loss, attn, tags if tagged else None)
+
+
+class TokenStore:
+    """Tokenized documents (or examples with their loss masks) in flat C arrays.
+
+    A user's file is tokenized row by row into here, then mixed and packed by index: memory
+    holds 8 bytes a token (1 more with a mask), never a Python list of the raw rows.
+    """
+
+    def __init__(self, masked: bool = False) -> None:
+        self._ids = array("q")
+        self._mask: array[int] | None = array("b") if masked else None
+        self._ends = array("q")
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def add_texts(self, token_lists: Iterable[Sequence[int]]) -> int:
+        """Add documents (token lists); returns how many were added."""
+        return self.add_examples((ids, ()) for ids in token_lists)
+
+    def add_examples(self, examples: Iterable[tuple[Sequence[int], Sequence[int]]]) -> int:
+        """Add ``(ids, loss mask)`` pairs (the mask is kept only by a masked store)."""
+        before = len(self)
+        for ids, mask in examples:
+            self._ids.extend(ids)
+            if self._mask is not None:
+                self._mask.extend(mask)
+            self._ends.append(len(self._ids))
+        return len(self) - before
+
+    def ids(self, index: int) -> list[int]:
+        start = self._ends[index - 1] if index else 0
+        return self._ids[start : self._ends[index]].tolist()
+
+    def example(self, index: int) -> Example:
+        if self._mask is None:
+            raise BarkitError("this token store holds no loss masks")
+        start = self._ends[index - 1] if index else 0
+        return self.ids(index), self._mask[start : self._ends[index]].tolist()
 
 
 def concat_packed(parts: Sequence[PackedData]) -> PackedData:

@@ -34,7 +34,10 @@ if TYPE_CHECKING:
     # a type only: importing the config at run time would close a cycle through the registry
     from barkit.train.config import GRPOConfig
 
-Reward = Callable[[Item, str], float]
+#: (prompt, completion) -> reward; a prompt is a suite Item or a user's RlRow
+Reward = Callable[[Any, str], float]
+#: prompt -> token ids of the generation prompt
+PromptEncoder = Callable[[Any], list[int]]
 
 
 def group_advantages(rewards: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
@@ -150,20 +153,22 @@ class GRPOObjective:
 
     ``model`` is the policy being trained (the same object the loop optimises); ``prompts``
     are suite items, domain and general already mixed. ``reward`` defaults to the suite's
-    verifiers and is replaceable for toy problems.
+    verifiers and ``encode`` to barkit's chat format; a user's rows bring a named verifier and
+    the model's own chat template instead (:mod:`barkit.train.file_data`).
     """
 
     def __init__(
         self,
         model: nn.Module,
         tokenizer: Any,
-        prompts: Sequence[Item],
+        prompts: Sequence[Any],
         cfg: GRPOConfig,
         *,
         batch_size: int,
         seq_len: int,
         seed: int = 0,
         reward: Reward = suite_reward,
+        encode: PromptEncoder | None = None,
         aux_loss_coef: float | None = None,
     ) -> None:
         if not prompts:
@@ -178,6 +183,7 @@ class GRPOObjective:
         self.max_prompt_len = seq_len - cfg.max_new_tokens
         self.sampler = RowSampler(len(self.prompts), self.prompts_per_step, seed)
         self.seed, self.reward, self.aux_loss_coef = seed, reward, aux_loss_coef
+        self.encode = encode or self._suite_prompt
         self.reference = self._reference(model) if cfg.beta > 0 else None
         #: batch index -> mean reward of that rollout (the reward curve)
         self.reward_curve: dict[int, float] = {}
@@ -193,13 +199,15 @@ class GRPOObjective:
     # ------------------------------------------------------------------ rollout
     def _prompt_ids(self, index: int) -> list[int]:
         if index not in self._encoded:
-            from barkit.tokenizer import prompt_ids
-
-            item = self.prompts[index]
-            ids = prompt_ids(self.tokenizer, [{"role": "user", "content": item.prompt}])
+            ids = self.encode(self.prompts[index])
             # Keep the end of an over-long prompt: it holds the question and the assistant header.
             self._encoded[index] = ids[-self.max_prompt_len :]
         return self._encoded[index]
+
+    def _suite_prompt(self, item: Item) -> list[int]:
+        from barkit.tokenizer import prompt_ids
+
+        return prompt_ids(self.tokenizer, [{"role": "user", "content": item.prompt}])
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[Tensor, Tensor]:
         width = max(len(r) for r in rows)
@@ -241,7 +249,7 @@ class GRPOObjective:
         completions: Tensor = out[:, ids.shape[1] :].cpu()
         return completions
 
-    def _score(self, items: list[Item], completions: Tensor) -> Tensor:
+    def _score(self, items: list[Any], completions: Tensor) -> Tensor:
         g = self.cfg.group_size
         rewards = [
             self.reward(items[i // g], decode_completion(self.tokenizer, completions[i].tolist()))

@@ -68,6 +68,8 @@ class KindSpec:
     rl: bool = False
     #: log every step at every preset (RL's reward curve is a result, not a diagnostic)
     log_every_step: bool = False
+    #: the row kind it reads from a user's file (``barkit.userdata``: text, sft, rl); None: none
+    data_kind: str | None = None
 
     def at(self, preset: str) -> Sizes:
         """This kind's numbers at ``preset`` (ConfigError naming the known presets otherwise)."""
@@ -127,6 +129,7 @@ MIDTRAIN = KindSpec(
     inputs=frozenset({"branch", "dense"}),
     in_recipe=True,
     needs_text=True,
+    data_kind="text",
 )
 # shared_lr_scale 0.1 at SFT: BAR trains shared tensors at the experts' rate; at 7B an SFT run
 # moves embeddings and LM head by a small fraction of their size, so averaging them over experts
@@ -153,6 +156,7 @@ SFT = KindSpec(
     ),
     inputs=frozenset({"branch", "dense"}),
     in_recipe=True,
+    data_kind="sft",
 )
 RLVR = KindSpec(
     "rlvr",
@@ -173,6 +177,7 @@ RLVR = KindSpec(
     in_recipe=True,
     rl=True,
     log_every_step=True,
+    data_kind="rl",
 )
 # On a branch the router stage reads the SFT conversations (for studying one expert's routing);
 # on a merged or stitched model its callers hand it the stratified router sample instead.
@@ -192,6 +197,7 @@ ROUTER = KindSpec(
         }
     ),
     inputs=frozenset({"branch", "merged", "stitched"}),
+    data_kind="sft",
 )
 
 # An option after the merge (recipe ``recover:``), off by default (BAR goes from merge to router).

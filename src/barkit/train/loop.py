@@ -2,10 +2,11 @@
 
 What differs between stages is data and loss (an :class:`~barkit.train.objectives.Objective`)
 and the trainable set (``StageConfig.trainable`` or its kind's default, applied by
-:func:`~barkit.train.freeze.select_trainable`). The loop
-does plain AdamW with warmup + cosine, gradient accumulation and clipping, in fp32 (no autocast
-on CPU, no gradient checkpointing: both made small-model training several times slower here),
-on accelerate so the same code runs data-parallel under ``torchrun``.
+:func:`~barkit.train.freeze.select_trainable`). The loop does plain AdamW with warmup +
+cosine, gradient accumulation and clipping, in the model's dtype, on accelerate so the same code
+runs data-parallel under ``torchrun``. No autocast on CPU, and gradient checkpointing only when a
+stage asks for it (``gradient_checkpointing``, for models that do not fit): both made small-model
+training several times slower here.
 
 Resuming is exact because nothing the loop does depends on hidden state other than what the
 checkpoint stores: the learning rate is a function of the step, the data of the micro-batch
@@ -82,6 +83,22 @@ def _optimizer(model: nn.Module, optim: OptimConfig, plan: TrainPlan) -> tuple[t
     return opt, [n for k in order for n, _ in keyed[k]]
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Turn on the model's own activation checkpointing, non-reentrant (frozen embeddings leave
+    the layers' inputs without grad, which the reentrant form would silently drop)."""
+    from barkit.errors import ConfigError
+
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"{type(model).__name__} does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers' newer name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers checkpoints only in training mode; barkit models have no dropout to switch on
+    model.train()
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
@@ -148,6 +165,8 @@ class _Stage:
         strict = cfg.trainable is not None
         patterns = cfg.trainable_patterns()
         self.plan = select_trainable(model, patterns, strict=strict, log=self.log, new_rows=new_rows)
+        if cfg.gradient_checkpointing:
+            enable_activation_checkpointing(model)
         self.inner = model.to(self.acc.device)
         # Snapshots after the move: a view taken before .to(device) would point at the old storage.
         self.guards = (AnchorGuard(model), RowGuard(model, self.plan))

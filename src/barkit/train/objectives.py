@@ -13,7 +13,7 @@ relying on the model would leave the loss silently disabled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from barkit.train.config import StageConfig
 
 Conversation = list[dict[str, str]]
+#: (tokenizer, conversation, max_len) -> (ids, loss mask)
+Encode = Callable[[Any, Conversation, int], Example]
 
 
 @runtime_checkable
@@ -219,17 +221,27 @@ def text_rows(tokenizer: Any, texts: Sequence[str], seq_len: int) -> PackedData:
 
 
 def conversation_rows(
-    tokenizer: Any, conversations: Sequence[Conversation], seq_len: int, tags: Sequence[int] | None = None
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    seq_len: int,
+    encode: Encode | None = None,
+    tags: Sequence[int] | None = None,
 ) -> PackedData:
-    """Conversations -> packed rows with the loss on assistant tokens only (``tags``: one per
-    conversation, see :attr:`PackedData.tags`)."""
+    """Conversations -> packed rows with the loss on assistant tokens only.
+
+    ``encode(tokenizer, conversation, max_len)`` gives ids and loss mask: barkit's own chat
+    format by default, :func:`barkit.userdata.encode_chat` (the model's own template) for a
+    user's data. ``tags`` (one per conversation) become :attr:`PackedData.tags`.
+    """
     from barkit.tokenizer import encode_conversation
 
-    examples: list[Example] = [encode_conversation(tokenizer, c, seq_len) for c in conversations]
-    return pack_examples(examples, seq_len, _pad_id(tokenizer), tags)
+    encoder = encode or encode_conversation
+    examples: list[Example] = [encoder(tokenizer, c, seq_len) for c in conversations]
+    return pack_examples(examples, seq_len, pad_id_of(tokenizer), tags)
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id_of(tokenizer: Any) -> int:
+    """The id right padding uses: pad, else eos, else 0 (padding is masked out of the loss)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return int(pad if pad is not None else 0)
 
@@ -255,9 +267,10 @@ class SFTObjective(PackedObjective):
         cfg: StageConfig,
         conversations: Sequence[Conversation],
         general: Sequence[Conversation] = (),
+        encode: Encode | None = None,
     ) -> SFTObjective:
         convs = mix_general(list(conversations), list(general), cfg.general_mix, cfg.seed)
-        data = conversation_rows(tokenizer, convs, cfg.seq_len)
+        data = conversation_rows(tokenizer, convs, cfg.seq_len, encode)
         return cls(data, cfg.batch_size, cfg.seed, cfg.aux_loss_coef)
 
 

@@ -218,7 +218,7 @@ def _domain_labelled(
     # shuffled as SFTObjective shuffles its conversations, each keeping its tag
     tagged = mix_general(tagged, [], inp.cfg.general_mix, inp.cfg.seed)
     convs, tags = [c for c, _ in tagged], [t for _, t in tagged]
-    rows = conversation_rows(inp.tokenizer, convs, inp.cfg.seq_len, tags)
+    rows = conversation_rows(inp.tokenizer, convs, inp.cfg.seq_len, tags=tags)
     return DomainRouterObjective(rows, inp.cfg.batch_size, inp.cfg.seed, inp.cfg.aux_loss_coef, coef)
 
 

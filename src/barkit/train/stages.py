@@ -6,7 +6,10 @@ special tokens, with the input kind's default trainable set where the overrides 
 runs once per stage; a pipeline keys its step on the plan and hands the same plan to the run.
 :func:`run_stage_on` checks the input (a folder, checked before any weights load, or a model
 already in memory), adds the special tokens, builds the objective (the kind's own, or the
-caller's ``data``, e.g. the router's stratified sample) and trains through the one loop.
+caller's ``data``, e.g. the router's stratified sample) and trains through the one loop. A plan
+with ``data`` (a :class:`~barkit.train.file_data.UserData`) reads the user's files instead of
+the suite; its content hashes and verifier are part of the resolved config, hence of every
+fingerprint keyed on it.
 
 :func:`run_stage_dir` is the folder-to-folder form every expert and dense stage uses; the
 router stage (``barkit route``), the baselines' MoE tuning and the stitch training call
@@ -39,6 +42,7 @@ from barkit.train.config import (
 from barkit.train.stage_data import ObjectiveFactory, ObjectiveInput, default_special_tokens
 
 if TYPE_CHECKING:
+    from barkit.train.file_data import UserData
     from barkit.train.loop import StageResult
 
 
@@ -53,6 +57,8 @@ class StagePlan:
     cfg: StageConfig
     grpo: GRPOConfig | None
     special_tokens: list[str] = field(default_factory=list)
+    #: the user's files the stage reads instead of the suite's data; ``domains`` then are labels
+    data: UserData | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The resolved config as written to the manifest (and keyed on by pipelines)."""
@@ -63,6 +69,8 @@ class StagePlan:
         }
         if self.grpo is not None:
             resolved["grpo"] = self.grpo.model_dump(mode="json")
+        if self.data is not None:
+            resolved["data"] = self.data.to_json()
         return resolved
 
 
@@ -82,6 +90,16 @@ def _check_domains(domains: Sequence[str], kind: StageKind, on: str) -> tuple[st
     return names
 
 
+def _check_labels(labels: Sequence[str], on: str) -> tuple[str, ...]:
+    """Expert names of a stage on a user's data: distinct, one on a branch, any name."""
+    names = tuple(labels)
+    if not names or len(set(names)) != len(names) or not all(names):
+        raise ConfigError(f"a stage needs distinct expert names, got {list(names)}")
+    if on == "branch" and len(names) != 1:
+        raise ConfigError(f"a branch is one expert: one name, got {list(names)}")
+    return names
+
+
 def resolve_stage(
     stage: StageKind,
     domains: str | Sequence[str],
@@ -91,9 +109,14 @@ def resolve_stage(
     overrides: StageOverrides | dict[str, Any] | None = None,
     *,
     on: str = "branch",
+    data: UserData | None = None,
 ) -> StagePlan:
     """Resolve one stage of ``stage`` on an ``on`` input over ``domains`` (ConfigError if it
-    cannot run there or an override is bad)."""
+    cannot run there or an override is bad).
+
+    With ``data`` the stage reads the user's files and ``domains`` only name the expert(s);
+    general data is mixed in only when ``data`` brings some, and no special tokens are added
+    unless the overrides name them."""
     from barkit.train.inputs import get_input
     from barkit.train.kinds import get_kind
 
@@ -101,20 +124,24 @@ def resolve_stage(
     if on not in spec.inputs:
         runs_on = ", ".join(sorted(spec.inputs)) or "none (barkit builds it itself)"
         raise ConfigError(f"stage {stage!r} does not run on a {on} model; it runs on: {runs_on}")
-    names = _check_domains([domains] if isinstance(domains, str) else domains, stage, on)
+    listed = [domains] if isinstance(domains, str) else domains
+    names = _check_domains(listed, stage, on) if data is None else _check_labels(listed, on)
     extra = parse_overrides(overrides)
     if extra.grpo is not None and not spec.rl:
         raise ConfigError(f"stage override 'grpo' only applies to rlvr, not {stage}")
     fields = extra.model_dump(exclude={"add_special_tokens", "grpo"})
     if "trainable" not in fields and source.trainable is not None:
         fields["trainable"] = list(source.trainable)
+    if data is not None:
+        data.check_kind(spec)
+        fields["general_mix"] = data.general_mix(fields.get("general_mix"))
     cfg = default_stage(stage, preset, **{**fields, "steps": steps, "seed": seed})
     grpo = grpo_config(preset, extra.grpo) if spec.rl else None
     tokens = extra.add_special_tokens
-    if tokens is None:
+    if tokens is None and data is None:
         tokens = list(dict.fromkeys(t for d in names for t in default_special_tokens(d, stage)))
-    _check_new_rows(cfg, tokens)
-    return StagePlan(stage, on, names, preset, cfg, grpo, list(tokens))
+    _check_new_rows(cfg, tokens or ())
+    return StagePlan(stage, on, names, preset, cfg, grpo, list(tokens or ()), data)
 
 
 def _check_new_rows(cfg: StageConfig, tokens: Sequence[str]) -> None:
@@ -157,9 +184,12 @@ def _load(source: Path | tuple[Any, Any], plan: StagePlan) -> tuple[Any, Any, di
         model, tokenizer = source
         return model, tokenizer, {}
     parent = get_input(plan.on).check(source, plan.domains)
+    import torch
+
     from barkit.loader import load_model
 
-    model, tokenizer = load_model(source)
+    # loaded in the stage's dtype, not cast after: a model that fits only in bf16 never exists in fp32
+    model, tokenizer = load_model(source, dtype=getattr(torch, plan.cfg.dtype))
     return model, tokenizer, parent
 
 
@@ -189,7 +219,7 @@ def run_stage_on(
     added = dict(zip(tokens, add_special_tokens(model, tokenizer, tokens), strict=True)) if tokens else {}
     # rows of tokens that did not exist before this stage: what `embeddings:new` may train
     new_rows = sorted(i for t, i in added.items() if t not in before)
-    factory = data or get_kind(plan.kind).objective
+    factory = data or _objective(plan)
     sizes = get_kind(plan.cfg.kind).at(plan.preset)
     inp = ObjectiveInput(
         model, tokenizer, plan.cfg, plan.grpo, plan.domains, plan.preset, sizes, sft_pool_size(plan.preset)
@@ -205,6 +235,17 @@ def run_stage_on(
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return Trained(plan, result, tokenizer, parent, summary, added, folder, started)
+
+
+def _objective(plan: StagePlan) -> ObjectiveFactory:
+    """The plan's own objective factory: its kind's over the suite, or over the user's files."""
+    from barkit.train.kinds import get_kind
+
+    if plan.data is None:
+        return get_kind(plan.kind).objective
+    from barkit.train.file_data import user_objective
+
+    return user_objective(plan.data)
 
 
 def run_stage_dir(
