@@ -24,7 +24,7 @@ def load_model(
     The model is a ``PreTrainedModel`` or, for a stitched folder, a ``StitchedCausalLM``.
     """
     if (Path(path) / "stitch.json").is_file():
-        from barkit.stitch import load_stitched
+        from barkit.stitch.store import load_stitched
 
         return load_stitched(path)
     from barkit.modeling import load_model as load_pretrained
