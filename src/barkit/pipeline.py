@@ -134,6 +134,11 @@ def build_base(runner: Runner) -> Path:
     if shipped is not None:
         return runner.step("base", "base", cfg, [], lambda p: copy_shipped(shipped, p))
     cfg["steps"] = recipe.base.steps
+    if recipe.base.steps is None:
+        runner.log(
+            f"no shipped base matches the {preset} base recipe; building it first "
+            f"(checkpointed: an interrupted run resumes), see `barkit base --help`"
+        )
     return runner.step(
         "base",
         "base",
