@@ -4,7 +4,9 @@
 :class:`TrainPlan`, logging how many tensors and parameters each pattern selected and refusing a
 pattern that selects nothing (a typo would otherwise silently freeze what the user meant to train).
 ``embeddings:new`` and ``lm_head:new`` train only the rows of the tokens the stage adds: the
-tensor trains, and :class:`RowGuard` keeps every other row bit-identical.
+tensor trains, and :class:`RowGuard` keeps every other row bit-identical. With tied embeddings
+the LM head has no parameter of its own: ``lm_head`` then names the embedding tensor, which
+trains once whichever of the two groups selected it.
 
 ``AnchorGuard`` keeps the anchor (expert 0 and router row 0) bit-identical. Excluding a tensor
 from the optimizer is not enough here: the anchor is a *slice* of the fused expert tensors, which
@@ -78,7 +80,22 @@ def _group_patterns(model: nn.Module) -> tuple[dict[str, tuple[str, ...]], bool]
     from barkit.families import family_of, is_moe
 
     family, moe = family_of(model), is_moe(model)
-    return dict(family.group_patterns if moe else family.dense_group_patterns), moe
+    groups = dict(family.group_patterns if moe else family.dense_group_patterns)
+    if tied_embeddings(model):
+        # A tied LM head is no parameter of its own (named_parameters lists the shared tensor
+        # once, as the embedding): the group names that tensor, which then trains once.
+        groups["lm_head"] = (_vocab_tensor(model, "embeddings"),)
+    return groups, moe
+
+
+def tied_embeddings(model: nn.Module) -> bool:
+    """Whether the LM head's weight is the input embedding's tensor (SmolLM2, Llama 3.2, ...)."""
+    get_input = getattr(model, "get_input_embeddings", None)
+    get_output = getattr(model, "get_output_embeddings", None)
+    if get_input is None or get_output is None:
+        return False
+    head = get_output()
+    return head is not None and getattr(head, "weight", None) is get_input().weight
 
 
 def _expand(pattern: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
@@ -154,6 +171,8 @@ def select_trainable(
     selects whole trains whole. On a tied model both name the one shared tensor.
     """
     groups, moe = _group_patterns(model)
+    if tied_embeddings(model):
+        log(f"lm_head is tied to the embeddings: both groups name {groups['lm_head'][0]}")
     if not strict:
         patterns = _defaults_present(patterns, groups, log)
     if not patterns:
