@@ -198,16 +198,18 @@ class Family:
         return [f"model.layers.{layer}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
 
     # ------------------------------------------------------------------ expert slices
+    def per_expert_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+        """The in-memory parameters whose first dimension is the expert index: the fused expert
+        tensors and the routers (empty for a dense model)."""
+        suffixes = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate.weight")
+        return [(n, p) for n, p in model.named_parameters() if n.endswith(suffixes)]
+
     def expert_slices(self, model: torch.nn.Module, expert: int) -> list[tuple[str, torch.Tensor]]:
         """Views of one expert's weights in every MoE layer (empty for a dense model).
 
         Names read ``<param>[<expert>]`` so that logs and checks can point at the exact slice.
         """
-        out: list[tuple[str, torch.Tensor]] = []
-        for name, param in model.named_parameters():
-            if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate.weight")):
-                out.append((f"{name}[{expert}]", param[expert]))
-        return out
+        return [(f"{name}[{expert}]", param[expert]) for name, param in self.per_expert_parameters(model)]
 
     def anchor_slices(self, model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
         """Views of the anchor (expert 0) in every layer: fused FFN slices and router row 0."""
