@@ -1,4 +1,4 @@
-"""Micro models shared by the tests: dense OLMo-2/Llama (hidden 32, 2 layers), MoEs and branches.
+"""Micro models shared by the tests: dense OLMo-2/Llama/Qwen3 (hidden 32, 2 layers), MoEs and branches.
 
 Built from transformers configs alone, with no barkit I/O, so a test of one module does not
 depend on another module working. Each test passes the fields it cares about (a non-default
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Olmo2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, Olmo2Config, Qwen3Config
 
 from barkit.families import family_of
 
@@ -24,14 +24,19 @@ SIZES: dict[str, Any] = dict(
 )
 
 
+CONFIGS = {"olmo2": Olmo2Config, "llama": LlamaConfig, "qwen3": Qwen3Config}
+
+
 def dense_config(arch: str = "olmo2", *, vocab: int = VOCAB, tokenizer: Any = None, **fields: Any) -> Any:
-    """An OLMo-2 or Llama config of micro size; token ids (and vocabulary) from ``tokenizer`` if given."""
+    """An OLMo-2, Llama or Qwen3 config of micro size; token ids (and vocabulary) from ``tokenizer``."""
     ids: dict[str, Any] = dict(pad_token_id=3, bos_token_id=1, eos_token_id=2)
     if tokenizer is not None:
         vocab = len(tokenizer)
         ids = {k: getattr(tokenizer, k) for k in ids}
-    cls = Olmo2Config if arch == "olmo2" else LlamaConfig
-    return cls(**{"vocab_size": vocab, **SIZES, **ids, **fields})
+    sizes = {**SIZES, **fields}
+    if arch == "qwen3":  # Qwen3Config's head_dim defaults to 128 whatever the hidden size
+        sizes.setdefault("head_dim", sizes["hidden_size"] // sizes["num_attention_heads"])
+    return CONFIGS[arch](**{"vocab_size": vocab, **ids, **sizes})
 
 
 def dense_model(arch: str = "olmo2", *, seed: int = 0, **config: Any) -> Any:

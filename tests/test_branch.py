@@ -16,7 +16,7 @@ import micro
 from barkit.branch import _copy_weights, branch, branch_model
 from barkit.cli import main as cli_main
 from barkit.errors import BarkitError, IncompatibleError
-from barkit.families import LLAMA, OLMO2, family_of
+from barkit.families import LLAMA, OLMO2, QWEN3, family_of
 
 VOCAB = 300
 SIZES = {  # micro sizes plus fields a branch must not forget to copy
@@ -28,7 +28,7 @@ SIZES = {  # micro sizes plus fields a branch must not forget to copy
 
 
 def dense_model(family: str, vocab: int = VOCAB, seed: int = 0, **extra):
-    model = micro.dense_model(family, vocab=vocab, seed=seed, **SIZES, **extra).eval()
+    model = micro.dense_model(family, vocab=vocab, seed=seed, **{**SIZES, **extra}).eval()
     # Norm weights start at 1; random ones make a mis-wired norm visible.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -41,7 +41,7 @@ def tokens(seed: int = 1) -> torch.Tensor:
     return torch.randint(4, VOCAB, (2, 11), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("family", ["olmo2", "llama"])
+@pytest.mark.parametrize("family", ["olmo2", "llama", "qwen3"])
 @pytest.mark.parametrize("router_init", ["equal", "random"])
 def test_branch_logits_equal_dense(family, router_init):
     dense = dense_model(family)
@@ -57,7 +57,7 @@ def test_branch_logits_equal_dense(family, router_init):
         assert all(layer.mlp.gate.weight.abs().max() > 0 for layer in moe.model.layers)
 
 
-@pytest.mark.parametrize("family", ["olmo2", "llama"])
+@pytest.mark.parametrize("family", ["olmo2", "llama", "qwen3"])
 def test_branch_config_copies_every_computation_field(family):
     dense = dense_model(family, tie_word_embeddings=False)
     cfg = branch_model(dense).config
@@ -75,11 +75,46 @@ def test_branch_config_copies_every_computation_field(family):
     assert cfg.output_router_logits is False
     if family == "llama":
         assert cfg.sliding_window is None and cfg.router_jitter_noise == 0.0
+    elif family == "qwen3":
+        assert cfg.moe_intermediate_size == dense.config.intermediate_size
+        assert cfg.head_dim == dense.config.head_dim and cfg.sliding_window is None
+        assert (cfg.decoder_sparse_step, cfg.mlp_only_layers, cfg.norm_topk_prob) == (1, [], True)
     else:
         assert cfg.norm_topk_prob is False
 
 
-@pytest.mark.parametrize("family", ["olmo2", "llama"])
+QWEN3_ODD = dict(  # odd widths, 1 KV head for 5 query heads, head_dim not hidden / heads
+    hidden_size=40,
+    intermediate_size=56,
+    num_attention_heads=5,
+    num_key_value_heads=1,
+    head_dim=6,
+    num_hidden_layers=3,
+)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("router_init", ["equal", "random"])
+def test_qwen3_branch_odd_shapes_gqa_and_tying(tied, router_init):
+    """Qwen3 with GQA, q/k norms (randomised by dense_model), an odd vocabulary and widths."""
+    dense = dense_model("qwen3", vocab=301, **{**QWEN3_ODD, "tie_word_embeddings": tied})
+    assert dense.config.tie_word_embeddings is tied
+    moe = branch_model(dense, router_init, seed=5).eval()
+    assert type(moe).__name__ == "Qwen3MoeForCausalLM" and moe.config.tie_word_embeddings is tied
+    head = moe.get_output_embeddings().weight
+    assert (head is moe.get_input_embeddings().weight) is tied
+    assert all(type(layer.mlp).__name__ == "Qwen3MoeSparseMoeBlock" for layer in moe.model.layers)
+    x = torch.randint(4, 301, (3, 13), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(moe(x).logits, dense(x).logits, atol=1e-5, rtol=0)
+
+
+def test_qwen3_branch_refuses_sliding_window():
+    with pytest.raises(IncompatibleError, match="use_sliding_window=True cannot become qwen3_moe"):
+        branch_model(dense_model("qwen3", use_sliding_window=True, sliding_window=8, max_window_layers=1))
+
+
+@pytest.mark.parametrize("family", ["olmo2", "llama", "qwen3"])
 def test_moe_config_from_defaults_would_differ(family):
     """The same weights in a MoE whose config takes the class defaults compute something else."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -87,6 +122,8 @@ def test_moe_config_from_defaults_would_differ(family):
     dense = dense_model(family)
     fam = family_of(dense)
     sizes = {k: v for k, v in SIZES.items() if k not in ("rms_norm_eps", "rope_parameters")}
+    if family == "qwen3":  # the experts' width alone (its default, 768, would not even fit)
+        sizes["moe_intermediate_size"] = SIZES["intermediate_size"]
     naive = AutoConfig.for_model(
         fam.moe_model_type, vocab_size=VOCAB, num_experts_per_tok=2, pad_token_id=3, eos_token_id=2, **sizes
     )
@@ -116,7 +153,7 @@ def test_branch_refuses_biased_llama():
 
 
 def test_group_patterns_cover_every_parameter():
-    for family in ("olmo2", "llama"):
+    for family in ("olmo2", "llama", "qwen3"):
         dense = dense_model(family)
         moe = branch_model(dense)
         fam = family_of(moe)
@@ -152,7 +189,8 @@ def save_dense(family, tokenizer, folder, *, manifest=True):
 
 
 @pytest.mark.parametrize(
-    ("family", "cls"), [("olmo2", "FlexOlmoForCausalLM"), ("llama", "MixtralForCausalLM")]
+    ("family", "cls"),
+    [("olmo2", "FlexOlmoForCausalLM"), ("llama", "MixtralForCausalLM"), ("qwen3", "Qwen3MoeForCausalLM")],
 )
 def test_branch_folder_loads_with_plain_transformers(family, cls, tokenizer, tmp_path):
     from transformers import AutoModelForCausalLM
@@ -222,5 +260,8 @@ def test_families_table_is_consistent():
     assert OLMO2.router_tensor_name(0) == "model.layers.0.mlp.gate.weight"
     assert LLAMA.tensor_group("model.layers.0.block_sparse_moe.gate.weight") == "router"
     assert OLMO2.tensor_group("model.layers.0.mlp.gate_proj.weight") == "expert"
+    assert family_of("qwen3") is QWEN3 and family_of("qwen3_moe") is QWEN3
+    assert QWEN3.expert_tensor_names(0, 2)[2] == "model.layers.0.mlp.experts.2.down_proj.weight"
+    assert QWEN3.tensor_group("model.layers.1.self_attn.q_norm.weight") == "attention"
     with pytest.raises(IncompatibleError):
         OLMO2.tensor_group("model.rotary_emb.inv_freq")

@@ -1,4 +1,4 @@
-"""Switching experts off (router masking) and pruning them out, for both MoE families."""
+"""Switching experts off (router masking) and pruning them out, for every MoE family."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def perturb_expert(model, expert: int) -> None:
         view.add_(torch.randn_like(view))
 
 
-@pytest.mark.parametrize("family", ["olmo2", "llama"])
+@pytest.mark.parametrize("family", ["olmo2", "llama", "qwen3"])
 @pytest.mark.parametrize("implementation", ["eager", "grouped_mm"])
 @pytest.mark.parametrize("keep", [[0, 2], [0]])
 def test_switched_off_expert_has_no_influence_at_all(family, implementation, keep):
@@ -61,7 +61,7 @@ def test_switched_off_expert_has_no_influence_at_all(family, implementation, kee
         assert not torch.equal(model(x).logits, after)
 
 
-@pytest.mark.parametrize("family", ["olmo2", "llama"])
+@pytest.mark.parametrize("family", ["olmo2", "llama", "qwen3"])
 def test_switching_off_changes_output_and_is_restored(family):
     model = moe_model(family)
     x = tokens()
@@ -74,7 +74,7 @@ def test_switching_off_changes_output_and_is_restored(family):
     assert all("forward" not in vars(layer.mlp.gate) for layer in model.model.layers)
 
 
-@pytest.mark.parametrize("family", ["olmo2", "llama"])
+@pytest.mark.parametrize("family", ["olmo2", "llama", "qwen3"])
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_keeping_all_experts_is_bit_identical(family, top_k):
     model = moe_model(family, top_k=top_k)
@@ -96,7 +96,7 @@ def test_restrict_survives_an_exception_and_checks_indices():
             pass
 
 
-@pytest.mark.parametrize("family", ["olmo2", "llama"])
+@pytest.mark.parametrize("family", ["olmo2", "llama", "qwen3"])
 @pytest.mark.parametrize("top_k", [1, 2, 3])
 def test_pruned_model_equals_switched_off_model(family, top_k):
     model = moe_model(family, top_k=top_k)

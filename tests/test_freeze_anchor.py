@@ -97,3 +97,37 @@ def test_guard_zeroes_only_the_anchor_gradient() -> None:
     assert torch.all(experts.gate_up_proj.grad[1] == 1)
     gate = model.model.layers[0].mlp.gate.weight
     assert gate.grad[0].abs().sum() == 0 and torch.all(gate.grad[1] == 1)
+
+
+@pytest.mark.parametrize("arch", ["olmo2", "llama"])
+def test_optimizer_holds_no_state_for_the_anchor(arch: str, tmp_path) -> None:
+    """The fused tensors reach AdamW as views of rows 1: (storage shared): expert 1 trains in
+    place, and the anchor has neither moment buffers nor updates."""
+    from barkit.train.freeze import OptimizerTensors
+    from barkit.train.loop import _optimizer
+
+    model = moe_model(arch)
+    plan = select_trainable(model, ["expert", "router", "embeddings"])
+    tensors = OptimizerTensors(model, plan)
+    views = [t for t in tensors.tensors if t.owner is not None]
+    assert len(views) == 3 * 2 and all(t.name == f"{t.parameter}[1:]" for t in views)
+    for t in views:
+        assert t.param.data_ptr() == t.owner[1:].data_ptr() and t.param.shape == t.owner[1:].shape
+    held, whole = tensors.state_numel()
+    anchor = sum(v.numel() for _, v in family_of(model).anchor_slices(model))
+    assert whole - held == anchor
+
+    optim = OptimConfig(lr=0.05, weight_decay=0.3, warmup_steps=0, schedule="constant", grad_clip=1.0)
+    cfg = StageConfig(kind="midtrain", steps=2, batch_size=4, seq_len=32, optim=optim)
+    opt, names = _optimizer(tensors, optim, plan)
+    assert "model.layers.0.mlp.experts.down_proj[1:]" in names
+    model.train()
+    before = model.model.layers[0].mlp.experts.down_proj.detach().clone()
+    objective = PackedObjective(random_rows(), cfg.batch_size, cfg.seed)
+    objective.loss(model, objective.batch(0))[0].backward()
+    tensors.sync_grads()
+    opt.step()
+    after = model.model.layers[0].mlp.experts.down_proj
+    assert torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
+    state = sum(s["exp_avg"].numel() + s["exp_avg_sq"].numel() for s in opt.state.values())
+    assert state == 2 * held

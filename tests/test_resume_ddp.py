@@ -115,3 +115,7 @@ def test_two_process_run_matches_one_process(tmp_path: Path) -> None:
     assert abs(ranks[0]["loss"] - json.loads((tmp_path / "one/rank0.json").read_text())["loss"]) < 1e-4
     assert _relative_gap(ddp, one, init) < 0.02
     assert _relative_gap(half, one, init) > 0.1
+    # The anchor stays bit-exact under DDP too (DDP gives the parameters new storage; views
+    # taken before the wrap would guard the old one while weight decay moved the new).
+    for name in (n for n in init if n.endswith(("experts.gate_up_proj", "experts.down_proj", "gate.weight"))):
+        assert torch.equal(ddp[name][0], init[name][0]), f"anchor slice {name}[0] moved under DDP"

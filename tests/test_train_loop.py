@@ -211,13 +211,16 @@ def test_shared_lr_scale_slows_only_shared_tensors(tmp_path) -> None:
         optim=OptimConfig(lr=1e-2, shared_lr_scale=0.1, grad_clip=None),
     )
     result = run_stage(model, None, cfg, PackedObjective(random_rows(8), 2, 0), tmp_path, progress=False)
+    from barkit.train.freeze import OptimizerTensors
     from barkit.train.loop import _optimizer
 
-    opt, _ = _optimizer(model, cfg.optim, result.plan)
+    tensors = OptimizerTensors(model, result.plan)
+    opt, _ = _optimizer(tensors, cfg.optim, result.plan)
     family = family_of(model)
     scales = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
-    for name, p in model.named_parameters():
-        expected = 1.0 if family.tensor_group(name) in ("expert", "router") else 0.1
-        assert scales[id(p)] == expected, name
+    assert len(tensors.tensors) == len(list(model.parameters()))
+    for t in tensors.tensors:
+        expected = 1.0 if family.tensor_group(t.parameter) in ("expert", "router") else 0.1
+        assert scales[id(t.param)] == expected, t.name
     assert default_stage("sft", "tiny").optim.shared_lr_scale == 0.1  # small-model deviation, see config
     assert default_stage("midtrain", "tiny").optim.shared_lr_scale == 1.0

@@ -6,7 +6,7 @@ the computation, which parameter names form which group (expert, router, embeddi
 which tensor names ``save_pretrained`` writes on disk. Nothing else in barkit should test model
 type strings; adding a family means adding one entry to :data:`FAMILIES`.
 
-How transformers 5.23 holds MoE weights in memory (both families)::
+How transformers 5.23 holds MoE weights in memory (every family)::
 
     model.layers.N.mlp.gate.weight               [E, H]      router, one row per expert
     model.layers.N.mlp.experts.gate_up_proj      [E, 2I, H]  gate rows first, then up rows
@@ -95,6 +95,8 @@ class Family:
     dense_requirements: dict[str, Any] = field(default_factory=dict)
     #: MoE config fields fixed by barkit (router behaviour); set after copying the dense fields
     moe_fixed: dict[str, Any] = field(default_factory=dict)
+    #: MoE config field -> the dense field it takes its value from (a field renamed by the MoE class)
+    moe_from_dense: dict[str, str] = field(default_factory=dict)
     #: whether the router renormalises its top-k weights: always, or as ``config.norm_topk_prob`` says
     topk_renorm: Literal["always", "config"] = "config"
     #: whether the router hands its weights to the experts in the logits' dtype (else float32)
@@ -122,6 +124,8 @@ class Family:
             kwargs["head_dim"] = dense_config.head_dim
         if "sliding_window" in shared:  # Llama has none: the MoE must not invent Mistral's
             kwargs["sliding_window"] = getattr(dense_config, "sliding_window", None)
+        for moe_key, dense_key in self.moe_from_dense.items():
+            kwargs[moe_key] = copy.deepcopy(getattr(dense_config, dense_key))
         kwargs.update(copy.deepcopy(self.moe_fixed))
         kwargs.update(num_experts_per_tok=top_k, output_router_logits=False)
         config = moe_cls(**kwargs)
@@ -194,16 +198,18 @@ class Family:
         return [f"model.layers.{layer}.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
 
     # ------------------------------------------------------------------ expert slices
+    def per_expert_parameters(self, model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+        """The in-memory parameters whose first dimension is the expert index: the fused expert
+        tensors and the routers (empty for a dense model)."""
+        suffixes = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate.weight")
+        return [(n, p) for n, p in model.named_parameters() if n.endswith(suffixes)]
+
     def expert_slices(self, model: torch.nn.Module, expert: int) -> list[tuple[str, torch.Tensor]]:
         """Views of one expert's weights in every MoE layer (empty for a dense model).
 
         Names read ``<param>[<expert>]`` so that logs and checks can point at the exact slice.
         """
-        out: list[tuple[str, torch.Tensor]] = []
-        for name, param in model.named_parameters():
-            if name.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj", "mlp.gate.weight")):
-                out.append((f"{name}[{expert}]", param[expert]))
-        return out
+        return [(f"{name}[{expert}]", param[expert]) for name, param in self.per_expert_parameters(model)]
 
     def anchor_slices(self, model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
         """Views of the anchor (expert 0) in every layer: fused FFN slices and router row 0."""
@@ -240,7 +246,33 @@ LLAMA = Family(
     scores_in_logit_dtype=False,
 )
 
-FAMILIES: tuple[Family, ...] = (OLMO2, LLAMA)
+QWEN3 = Family(
+    name="qwen3",
+    dense_model_types=("qwen3",),
+    moe_model_type="qwen3_moe",
+    attention=("q_proj.*", "k_proj.*", "v_proj.*", "o_proj.*", "q_norm.*", "k_norm.*"),
+    norms=("input_layernorm", "post_attention_layernorm"),
+    disk_moe_prefix="mlp",
+    disk_expert_proj=("gate_proj", "up_proj", "down_proj"),
+    experts_key="num_local_experts",
+    # Qwen3-MoE applies one sliding window to every layer, dense Qwen3 only to the layers past
+    # max_window_layers: only the full-attention form computes the same in both.
+    dense_requirements={"use_sliding_window": False},
+    # Every layer sparse (none kept a dense MLP). The router renormalises its top-k weights, as
+    # Mixtral's does: with 2 experts at top-2 the weights sum to one however the router drifts.
+    moe_fixed={
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "norm_topk_prob": True,
+        "router_aux_loss_coef": 0.001,
+    },
+    # The experts' width is its own field; intermediate_size only sizes an mlp_only layer.
+    moe_from_dense={"moe_intermediate_size": "intermediate_size"},
+    topk_renorm="config",
+    scores_in_logit_dtype=True,
+)
+
+FAMILIES: tuple[Family, ...] = (OLMO2, LLAMA, QWEN3)
 # Where transformers' MoE configs of families barkit does not know keep their expert count.
 _FOREIGN_EXPERT_KEYS = ("num_local_experts", "num_experts")
 

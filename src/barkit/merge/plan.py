@@ -209,9 +209,18 @@ def resolve_top_k(top_k: int | None, experts: int) -> int:
 
 
 def shared_names(inputs: Sequence[Input], family: Family) -> dict[str, str]:
-    """Shared tensor name -> group, in natural order."""
+    """Shared tensor name -> group, in natural order.
+
+    With tied embeddings the LM head is the embedding tensor: it is merged once, as the
+    embedding. A stray ``lm_head`` tensor in a tied checkpoint (some exporters write both) is
+    left out, since the loader would tie over it anyway and the output must hold one tensor.
+    """
+    tied = bool(inputs[0].config.get("tie_word_embeddings", False))
     groups = {name: family.tensor_group(name) for name in inputs[0].tensors}
-    names = sorted((n for n, g in groups.items() if g in SHARED_GROUPS), key=natural_key)
+    names = sorted(
+        (n for n, g in groups.items() if g in SHARED_GROUPS and not (tied and g == "lm_head")),
+        key=natural_key,
+    )
     return {n: groups[n] for n in names}
 
 

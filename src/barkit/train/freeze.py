@@ -4,14 +4,17 @@
 :class:`TrainPlan`, logging how many tensors and parameters each pattern selected and refusing a
 pattern that selects nothing (a typo would otherwise silently freeze what the user meant to train).
 ``embeddings:new`` and ``lm_head:new`` train only the rows of the tokens the stage adds: the
-tensor trains, and :class:`RowGuard` keeps every other row bit-identical.
+tensor trains, and :class:`RowGuard` keeps every other row bit-identical. With tied embeddings
+the LM head has no parameter of its own: ``lm_head`` then names the embedding tensor, which
+trains once whichever of the two groups selected it.
 
-``AnchorGuard`` keeps the anchor (expert 0 and router row 0) bit-identical. Excluding a tensor
-from the optimizer is not enough here: the anchor is a *slice* of the fused expert tensors, which
-train as a whole, and AdamW's decoupled weight decay and momentum move a parameter even when its
-gradient is zero. So the guard zeroes the anchor's gradient (keeping it out of the clipping norm)
-and copies the snapshot back after every optimizer step. ``RowGuard`` does the same for the
-pre-existing rows of a tensor selected by ``embeddings:new`` / ``lm_head:new``.
+The anchor (expert 0 and router row 0) is a *slice* of the fused expert tensors and routers,
+which train as whole parameters. :class:`OptimizerTensors` hands the optimizer a view of the
+other experts' rows instead, so AdamW keeps no moments for the anchor and never updates it
+(its decoupled weight decay would move even a zero-gradient slice). ``AnchorGuard`` is the
+guarantee on top: it zeroes the anchor's gradient and copies its snapshot back after every
+optimizer step. ``RowGuard`` does the same for the pre-existing rows of a tensor selected by
+``embeddings:new`` / ``lm_head:new`` (those tensors stay whole in the optimizer).
 """
 
 from __future__ import annotations
@@ -78,7 +81,22 @@ def _group_patterns(model: nn.Module) -> tuple[dict[str, tuple[str, ...]], bool]
     from barkit.families import family_of, is_moe
 
     family, moe = family_of(model), is_moe(model)
-    return dict(family.group_patterns if moe else family.dense_group_patterns), moe
+    groups = dict(family.group_patterns if moe else family.dense_group_patterns)
+    if tied_embeddings(model):
+        # A tied LM head is no parameter of its own (named_parameters lists the shared tensor
+        # once, as the embedding): the group names that tensor, which then trains once.
+        groups["lm_head"] = (_vocab_tensor(model, "embeddings"),)
+    return groups, moe
+
+
+def tied_embeddings(model: nn.Module) -> bool:
+    """Whether the LM head's weight is the input embedding's tensor (SmolLM2, Llama 3.2, ...)."""
+    get_input = getattr(model, "get_input_embeddings", None)
+    get_output = getattr(model, "get_output_embeddings", None)
+    if get_input is None or get_output is None:
+        return False
+    head = get_output()
+    return head is not None and getattr(head, "weight", None) is get_input().weight
 
 
 def _expand(pattern: str, groups: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
@@ -154,6 +172,8 @@ def select_trainable(
     selects whole trains whole. On a tied model both name the one shared tensor.
     """
     groups, moe = _group_patterns(model)
+    if tied_embeddings(model):
+        log(f"lm_head is tied to the embeddings: both groups name {groups['lm_head'][0]}")
     if not strict:
         patterns = _defaults_present(patterns, groups, log)
     if not patterns:
@@ -265,3 +285,68 @@ class RowGuard(SliceGuard):
             for start, stop in kept_row_ranges(param.shape[0], trained):
                 slices.append((f"{name}[{start}:{stop}]", param[start:stop]))
         super().__init__(model, slices)
+
+
+@dataclass(frozen=True)
+class OptimTensor:
+    """One tensor the optimizer updates: a trainable parameter, or, for a parameter that holds
+    the anchor, a leaf view of its other experts' rows (``owner`` is then that parameter)."""
+
+    name: str
+    param: nn.Parameter
+    owner: nn.Parameter | None = None
+    #: the model parameter's name (lr scaling and weight decay follow the parameter)
+    parameter: str = ""
+
+
+class OptimizerTensors:
+    """What the optimizer holds: the trainable parameters, with the anchor left out.
+
+    The fused expert tensors ``[E, ...]`` and routers ``[E, H]`` hold the anchor in row 0 and
+    train as one parameter. Handing AdamW the whole tensor would keep moment buffers for the
+    anchor (half the expert state of a branch) and update it each step, only for the guard to
+    copy it back. Instead the optimizer gets a leaf parameter that shares storage with rows
+    ``1:`` (the other experts): it updates them in place and never sees the anchor. Autograd
+    still fills the whole parameter's gradient; :meth:`sync_grads` hands the view its part.
+    """
+
+    def __init__(self, model: nn.Module, plan: TrainPlan) -> None:
+        from barkit.families import family_of
+
+        anchored = dict(family_of(model).per_expert_parameters(model)) if plan.moe else {}
+        self.tensors: list[OptimTensor] = []
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name in anchored and param.shape[0] > 1:
+                view = nn.Parameter(param.detach()[1:])
+                self.tensors.append(OptimTensor(f"{name}[1:]", view, param, name))
+            else:
+                self.tensors.append(OptimTensor(name, param, None, name))
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [t.param for t in self.tensors]
+
+    def state_numel(self) -> tuple[int, int]:
+        """(elements the optimizer updates, elements of the trainable parameters they come from)."""
+        held = sum(t.param.numel() for t in self.tensors)
+        whole = sum((t.owner if t.owner is not None else t.param).numel() for t in self.tensors)
+        return held, whole
+
+    @torch.no_grad()
+    def sync_grads(self) -> None:
+        """Point each view's gradient at its rows of the parameter's gradient (no copy)."""
+        for t in self.tensors:
+            if t.owner is None:
+                continue
+            grad = t.owner.grad
+            if grad is not None and grad.stride() != t.owner.stride():
+                raise BarkitError(f"{t.parameter}: gradient layout differs from its parameter")
+            t.param.grad = None if grad is None else grad[1:]
+
+    def clear_grads(self) -> None:
+        """Drop the parameters' gradients that the optimizer's ``zero_grad`` does not reach."""
+        for t in self.tensors:
+            if t.owner is not None:
+                t.owner.grad = None

@@ -31,7 +31,7 @@ from torch import nn
 from barkit.errors import ArtifactError
 from barkit.train.config import OptimConfig, StageConfig
 from barkit.train.data import count_tokens
-from barkit.train.freeze import AnchorGuard, RowGuard, TrainPlan, select_trainable
+from barkit.train.freeze import AnchorGuard, OptimizerTensors, RowGuard, TrainPlan, select_trainable
 from barkit.train.objectives import Objective
 
 CHECKPOINT = "checkpoint"
@@ -65,17 +65,22 @@ def lr_at(step: int, total: int, optim: OptimConfig) -> float:
     return floor + (optim.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _optimizer(model: nn.Module, optim: OptimConfig, plan: TrainPlan) -> tuple[torch.optim.AdamW, list[str]]:
-    """AdamW over trainable tensors; vectors (norms, biases) get no weight decay, as usual.
+def _optimizer(
+    tensors: OptimizerTensors, optim: OptimConfig, plan: TrainPlan
+) -> tuple[torch.optim.AdamW, list[str]]:
+    """AdamW over the trainable tensors (the anchor left out, see :class:`OptimizerTensors`);
+    vectors (norms, biases) get no weight decay, as usual.
 
     Groups are keyed by (weight decay, lr scale); each group's ``lr_scale`` (read from the
     plan's tensor groups) multiplies the scheduled learning rate at every step.
     """
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     keyed: dict[tuple[float, float], list[tuple[str, nn.Parameter]]] = {}
-    for n, p in named:
-        key = (optim.weight_decay if p.ndim >= 2 else 0.0, plan.lr_scale(n, optim.shared_lr_scale))
-        keyed.setdefault(key, []).append((n, p))
+    for t in tensors.tensors:
+        key = (
+            optim.weight_decay if t.param.ndim >= 2 else 0.0,
+            plan.lr_scale(t.parameter, optim.shared_lr_scale),
+        )
+        keyed.setdefault(key, []).append((t.name, t.param))
     order = sorted(keyed, key=lambda k: (-k[0], -k[1]))
     groups = [{"params": [p for _, p in keyed[k]], "weight_decay": k[0], "lr_scale": k[1]} for k in order]
     # fused AdamW measured fastest on CPU here (one kernel over all tensors).
@@ -168,14 +173,20 @@ class _Stage:
         if cfg.gradient_checkpointing:
             enable_activation_checkpointing(model)
         self.inner = model.to(self.acc.device)
-        # Snapshots after the move: a view taken before .to(device) would point at the old storage.
+        self.model = self.acc.prepare_model(self.inner)
+        # Snapshots and optimizer views after the move and the wrap: .to(device) and DDP both
+        # give parameters new storage, and a view taken before would guard (or train) the old
+        # one (under DDP weight decay moved the anchor that way, seen on torchrun gloo).
         self.guards = (AnchorGuard(model), RowGuard(model, self.plan))
         for what, guard in zip(("anchor", "pre-existing row"), self.guards, strict=True):
             if len(guard):
                 self.log(f"{what} guard: {len(guard)} slices kept bit-identical")
-        self.opt, self.names = _optimizer(self.inner, cfg.optim, self.plan)
-        self.params = [p for g in self.opt.param_groups for p in g["params"]]
-        self.model = self.acc.prepare_model(self.inner)
+        self.tensors = OptimizerTensors(self.inner, self.plan)
+        held, whole = self.tensors.state_numel()
+        if held < whole:
+            self.log(f"optimizer: {held:,} of {whole:,} trainable parameters (the anchor holds no state)")
+        self.opt, self.names = _optimizer(self.tensors, cfg.optim, self.plan)
+        self.params = self.tensors.params
         # tokens/seconds of earlier sessions (from a checkpoint) plus this session's
         self.step, self.tokens, self.seconds = 0, 0, 0.0
         self.tokens_this_run = 0
@@ -235,10 +246,14 @@ class _Stage:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         for guard in self.guards:
             guard.zero_grads()
+        self.tensors.sync_grads()
         clip = self.cfg.optim.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip if clip is not None else float("inf"))
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        self.tensors.clear_grads()
+        # The anchor is outside the optimizer; the guards still restore their snapshots, so that
+        # a bit-exact anchor (and RowGuard's rows, which do train) never rests on that alone.
         for guard in self.guards:
             guard.restore()
         return float(norm)
