@@ -30,6 +30,8 @@ fi
 
 [ -d "$WORK/smol" ] || timed import $BARKIT import "$WORK/smollm2.gguf" --out "$WORK/smol"
 [ -d "$WORK/branch" ] || timed branch $BARKIT branch "$WORK/smol" --out "$WORK/branch"
+# BAR's starting point: the branch must compute what the dense model computes
+.venv/bin/python examples/smollm2/check_branch.py "$WORK/smol" "$WORK/branch" > "$WORK/branch_check.json"
 COMMON=(--stage sft --steps "$STEPS" --batch-size 4 --seq-len 128 --checkpoint-every 10 --resume)
 timed sft-arith $BARKIT train "$WORK/branch" "${COMMON[@]}" --data "$WORK/data/arith-train.jsonl" \
   --name arith --out "$WORK/arith"
@@ -40,7 +42,7 @@ timed route $BARKIT route "$WORK/merged" --data "$WORK/data/arith-train.jsonl,$W
   --steps 10 --out "$WORK/routed"
 for model in smol routed; do
   timed "eval-$model-arith" $BARKIT eval "$WORK/$model" --data "$WORK/data/arith-test.jsonl" \
-    --verifier numeric --max-new-tokens 24 --out "$WORK/eval-$model-arith.json"
+    --verifier numeric --max-new-tokens 96 --out "$WORK/eval-$model-arith.json"
   timed "eval-$model-tools" $BARKIT eval "$WORK/$model" --data "$WORK/data/tools-test.jsonl" \
     --verifier tool-call --max-new-tokens 48 --out "$WORK/eval-$model-tools.json"
 done

@@ -16,6 +16,9 @@ def main(work: Path) -> None:
         ]
         label = "base (imported)" if model == "smol" else "BAR (merged + routed)"
         print(f"| {label} | {scores[0]:.1f} | {scores[1]:.1f} |")
+    check = work / "branch_check.json"
+    if check.is_file():
+        print(f"\nBranch against the imported dense model: {check.read_text().strip()}")
     print("\n| step | seconds |\n|---|---:|")
     for line in (work / "times.tsv").read_text().splitlines():
         label, seconds = line.split("\t")
