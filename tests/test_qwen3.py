@@ -133,3 +133,32 @@ def test_qwen3_through_the_whole_recipe(world: dict[str, Any]) -> None:
     run("eval", str(root / "routed"), "--data", world["test"], "--verifier", "numeric", "--out", str(scores))
     written = json.loads(scores.read_text())
     assert len(written["items"]) == 4 and 0.0 <= written["overall"] <= 100.0
+
+
+def test_btx_of_qwen3_dense_models(world: dict[str, Any]) -> None:
+    """BTX on Qwen3: each dense model's FFN becomes an expert of a ``Qwen3MoeForCausalLM``."""
+    from safetensors.torch import load_file
+
+    from barkit.merge import merge_dense_btx
+
+    root = world["root"]
+    base = Qwen3ForCausalLM.from_pretrained(root / "base")
+    dirs = []
+    for k in range(2):
+        torch.manual_seed(100 + k)
+        dense = Qwen3ForCausalLM(base.config)
+        dense.save_pretrained(root / f"dense{k}")
+        dirs.append(root / f"dense{k}")
+    out = root / "btx"
+    merge_dense_btx(dirs, out, top_k=1, progress=False)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "Qwen3MoeForCausalLM"
+    assert model.config.num_local_experts == 2 and model.config.tie_word_embeddings is True
+    got = load_file(str(out / "model.safetensors"))
+    srcs = [load_file(str(d / "model.safetensors")) for d in dirs]
+    down = [n for n in got if n.startswith("model.layers.1.") and "experts.1" in n and "down" in n]
+    assert down, sorted(got)[:20]
+    assert torch.equal(got[down[0]], srcs[1]["model.layers.1.mlp.down_proj.weight"])
+    name = "model.layers.0.self_attn.q_norm.weight"
+    assert torch.equal(got[name], torch.stack([s[name] for s in srcs]).double().mean(0).float())
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
