@@ -293,6 +293,68 @@ def test_sum_policy_keeps_every_branch_change_whole(world: dict[str, Any]) -> No
     assert torch.equal(_tensors(one)[name], branches[0][name])
 
 
+def _ties_reference(deltas: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES on (branches, elements) written out entry by entry: trim, elect, disjoint mean."""
+    n, m = deltas.shape
+    keep = max(1, round(density * m))
+    trimmed = torch.zeros_like(deltas)
+    for i in range(n):
+        top = deltas[i].abs().argsort(descending=True, stable=True)[:keep]
+        trimmed[i, top] = deltas[i, top]
+    out = torch.zeros(m, dtype=deltas.dtype)
+    for j in range(m):
+        sign = torch.sign(trimmed[:, j].sum())
+        agree = [trimmed[i, j] for i in range(n) if trimmed[i, j] != 0 and torch.sign(trimmed[i, j]) == sign]
+        out[j] = sum(agree) / len(agree) if agree else 0.0
+    return out
+
+
+def test_ties_and_dare_combine_the_branches_changes(world: dict[str, Any]) -> None:
+    """TIES equals an entry-by-entry reference; DARE keeps each change whole or drops it, seeded."""
+    from barkit.merge.policies import DENSITY
+
+    d = world["dirs"]
+    names = [d["math"], d["tools"], d["think"]]
+    base = _tensors(d["base"])
+    branches = [_tensors(p) for p in names]
+    rows = len(world["tok"])
+    out = world["root"] / "ties"
+    merge(names, out, shared="ties", base_dir=d["base"], progress=False)
+    got = _tensors(out)
+    for name in ("model.layers.0.self_attn.k_proj.weight", "model.norm.weight", "lm_head.weight"):
+        b0 = base[name][:rows].double()
+        deltas = torch.stack([b[name][:rows].double() - b0 for b in branches])
+        flat = deltas.reshape(3, 1, -1) if deltas.dim() == 2 else deltas
+        want = torch.stack([_ties_reference(flat[:, r], DENSITY) for r in range(flat.shape[1])])
+        assert torch.allclose(got[name][:rows].double(), b0 + want.reshape(b0.shape), atol=1e-6), name
+    # a token only the tool expert added is still that expert's row, copied
+    tools, ttok = branches[1], AutoTokenizer.from_pretrained(d["tools"])
+    row = got["model.embed_tokens.weight"][
+        AutoTokenizer.from_pretrained(out).convert_tokens_to_ids("<tool_call>")
+    ]
+    assert torch.equal(row, tools["model.embed_tokens.weight"][ttok.convert_tokens_to_ids("<tool_call>")])
+
+    two = [d["math"], d["tools"]]
+    runs = []
+    for k in range(2):
+        runs.append(world["root"] / f"dare{k}")
+        merge(two, runs[-1], shared="dare", base_dir=d["base"], progress=False)
+    first, again = _tensors(runs[0]), _tensors(runs[1])
+    assert all(torch.equal(first[n], again[n]) for n in first), "dare must be reproducible"
+    name = "model.layers.1.self_attn.q_proj.weight"
+    b0 = base[name].double()
+    d1, d2 = (branches[i][name].double() - b0 for i in (0, 1))
+    change = first[name].double() - b0
+    # with two branches each entry is base + (kept d1 + kept d2) / (2 * DENSITY)
+    options = torch.stack([torch.zeros_like(d1), d1, d2, d1 + d2]) / (2 * DENSITY)
+    closest = (options - change.unsqueeze(0)).abs().min(0).values
+    assert closest.max() < 1e-6
+    only_first = ((options[1] - change).abs() < 1e-9).double().mean().item()
+    assert abs(only_first - DENSITY * (1 - DENSITY)) < 0.05  # d1 kept and d2 dropped
+    with pytest.raises(ConfigError, match="'ties' needs --base"):
+        plan_merge(two, shared="ties")
+
+
 def _assert_refused(world: dict[str, Any], inputs: list[Path], exc: type[Exception], names: Path) -> None:
     out = world["root"] / "refused"
     with pytest.raises(exc) as info:

@@ -19,8 +19,10 @@ def main(
     shared: Annotated[
         str,
         typer.Option(
-            help="Policy for diverged shared tensors: mean, weighted, anchor (the base's) or sum "
-            "(task arithmetic: base + every branch's change; needs --base)."
+            help="Policy for diverged shared tensors: mean, weighted, anchor (the base's), sum "
+            "(task arithmetic: base + every branch's change), ties (sign-agreeing mean of each "
+            "branch's largest changes) or dare (random drop and rescale of the changes); anchor, "
+            "sum, ties and dare need --base."
         ),
     ] = "mean",
     weights: Annotated[

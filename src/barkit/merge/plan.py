@@ -44,6 +44,8 @@ class Segment:
 
     rows: int
     sources: tuple[Source, ...]
+    #: the policy whose elementwise rule combines the sources (the base last); None: weighted mean
+    reduce: str | None = None
 
 
 @dataclass
@@ -177,6 +179,7 @@ def shared_tensor(
     """A shared tensor combined by its policy; a vocabulary tensor grows by the added tokens."""
     first = inputs[0].tensors[name]
     sources = shared_sources(name, policy, inputs, weights, base)
+    reduce = policy if get_policy(policy).reduce is not None else None
     if group not in VOCAB_GROUPS:
         for s in sources:
             if (s.info.dtype, s.info.shape) != (first.dtype, first.shape):
@@ -184,10 +187,12 @@ def shared_tensor(
                     f"{s.info.file.parent}: tensor {name} is {s.info.dtype}{list(s.info.shape)}, "
                     f"expected {first.dtype}{list(first.shape)}"
                 )
-        return OutTensor(name, first.dtype, first.shape, group, policy, [Segment(first.rows, sources)])
+        return OutTensor(
+            name, first.dtype, first.shape, group, policy, [Segment(first.rows, sources, reduce)]
+        )
     if any(s.info.rows < vocab.prefix or s.info.shape[1:] != first.shape[1:] for s in sources):
         raise IncompatibleError(f"tensor {name}: a source has fewer than {vocab.prefix} vocabulary rows")
-    segments = [Segment(vocab.prefix, sources)] if vocab.prefix else []
+    segments = [Segment(vocab.prefix, sources, reduce)] if vocab.prefix else []
     for _token, owners in vocab.added:
         # A new token's row comes only from the experts that have it: no zero padding.
         segments.append(Segment(1, tuple(Source(inputs[i].tensors[name], name, row=k) for i, k in owners)))

@@ -5,6 +5,19 @@ and how it turns the inputs' tensors into weighted sources; the writer computes
 ``sum(weight * source) / sum(weight)``. Adding a policy is one :data:`POLICIES` entry plus its
 name in :data:`SharedPolicy` (checked at import). The recipe, the CLI and the planner all ask
 this table, so the rules about the base and the weights live here and nowhere else.
+
+Two policies are not weighted means: ``ties`` and ``dare`` combine the branches' *changes* from
+the base element by element (a :data:`Reduce`), and the writer hands them every source's chunk.
+Both keep :data:`DENSITY` of each branch's change:
+
+* ``ties`` (TIES-merging, Yadav et al. 2023): trim each branch's change to its largest-magnitude
+  entries (per row, per chunk for 1-D tensors), elect each entry's sign by the sum of the trimmed
+  changes, and average only the changes that agree with it;
+* ``dare`` (DARE, Yu et al. 2024): drop each entry of each change at random, rescale the kept ones
+  by ``1 / DENSITY`` and average; the draw is seeded by the tensor's name and rows, so a merge is
+  reproducible.
+
+Rows only some branches have (a token an expert added) have no base row: they take the mean.
 """
 
 from __future__ import annotations
@@ -13,15 +26,22 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from barkit.errors import ConfigError
 from barkit.merge.io import TensorInfo
 
-SharedPolicy = Literal["mean", "weighted", "anchor", "sum"]
+if TYPE_CHECKING:
+    import torch
+
+SharedPolicy = Literal["mean", "weighted", "anchor", "sum", "ties", "dare"]
 Weighted = list[tuple[TensorInfo, float]]
 # (each input's tensor, the validated weights or None, the base's tensor or None) -> sources
 Combine = Callable[[Sequence[TensorInfo], Sequence[float] | None, TensorInfo | None], Weighted]
+# (branches' chunks stacked on dim 0, the base's chunk, a seed) -> the merged chunk
+Reduce = Callable[["torch.Tensor", "torch.Tensor", int], "torch.Tensor"]
+#: share of each branch's change that ties and dare keep
+DENSITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -33,6 +53,8 @@ class Policy:
     takes_weights: bool
     combine: Combine
     help: str
+    #: an elementwise rule over all sources (the branches then the base, last); None: weighted mean
+    reduce: Reduce | None = None
 
 
 def _mean(own: Sequence[TensorInfo], weights: Sequence[float] | None, base: TensorInfo | None) -> Weighted:
@@ -58,6 +80,43 @@ def _sum(own: Sequence[TensorInfo], weights: Sequence[float] | None, base: Tenso
     return [*((t, 1.0) for t in own), (base, 1.0 - len(own))]
 
 
+def _branches_then_base(
+    own: Sequence[TensorInfo], weights: Sequence[float] | None, base: TensorInfo | None
+) -> Weighted:
+    assert base is not None
+    return [*((t, 1.0) for t in own), (base, 1.0)]
+
+
+def _flat_rows(x: torch.Tensor) -> torch.Tensor:
+    """(branches, rows, ...) -> (branches, rows, row elements); a 1-D tensor's chunk is one row."""
+    return x.reshape(x.shape[0], 1, -1) if x.dim() == 2 else x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _ties(own: torch.Tensor, base: torch.Tensor, seed: int) -> torch.Tensor:
+    import torch
+
+    delta = _flat_rows(own - base.unsqueeze(0))
+    keep = max(1, round(DENSITY * delta.shape[-1]))
+    magnitude = delta.abs()
+    # the keep-th largest magnitude of each branch's row is its threshold
+    threshold = magnitude.kthvalue(delta.shape[-1] - keep + 1, dim=-1, keepdim=True).values
+    trimmed = torch.where(magnitude >= threshold, delta, torch.zeros_like(delta))
+    sign = torch.sign(trimmed.sum(0, keepdim=True))
+    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    count = agree.sum(0).clamp(min=1)
+    merged = torch.where(agree, trimmed, torch.zeros_like(trimmed)).sum(0) / count
+    return base + merged.reshape(base.shape)
+
+
+def _dare(own: torch.Tensor, base: torch.Tensor, seed: int) -> torch.Tensor:
+    import torch
+
+    delta = own - base.unsqueeze(0)
+    gen = torch.Generator().manual_seed(seed)
+    kept = torch.rand(delta.shape, generator=gen, dtype=torch.float32) < DENSITY
+    return base + (delta * kept).sum(0) / (DENSITY * delta.shape[0])
+
+
 POLICIES: dict[str, Policy] = {
     p.name: p
     for p in (
@@ -65,6 +124,22 @@ POLICIES: dict[str, Policy] = {
         Policy("weighted", False, True, _weighted, "the branches' mean with one weight per branch"),
         Policy("anchor", True, False, _anchor, "the base's tensor"),
         Policy("sum", True, False, _sum, "task arithmetic: the base plus every branch's change"),
+        Policy(
+            "ties",
+            True,
+            False,
+            _branches_then_base,
+            f"TIES: the base plus the sign-agreeing mean of each branch's top {DENSITY:.0%} of changes",
+            _ties,
+        ),
+        Policy(
+            "dare",
+            True,
+            False,
+            _branches_then_base,
+            f"DARE: the base plus the mean of changes with {1 - DENSITY:.0%} dropped at random, rescaled",
+            _dare,
+        ),
     )
 }
 if set(POLICIES) != set(get_args(SharedPolicy)):  # the Literal types recipes and signatures

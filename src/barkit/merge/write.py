@@ -25,6 +25,7 @@ import json
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -144,6 +145,9 @@ class _Jobs:
         info0 = seg.sources[0].info
         acc_dtype, out_dtype = _accumulator_dtype(t.dtype), torch_dtype(t.dtype)
         step = max(1, CHUNK_ELEMENTS // max(1, info0.row_elements))
+        if seg.reduce is not None:
+            self.reduce(job, step, acc_dtype, out_dtype)
+            return
         total = sum(s.weight for s in seg.sources)
         first = seg.sources[0]
         for a in range(0, seg.rows, step):
@@ -157,6 +161,30 @@ class _Jobs:
                 acc.add_(self.files.read_rows(s.info, s.name, s.row + a, s.row + b), alpha=s.weight)
             job.writer.write_at(job.offset + a * info0.row_bytes, raw(acc.div_(total).to(out_dtype)).numpy())
             self.bar.update((b - a) * info0.row_bytes)
+
+    def reduce(self, job: _Combine, step: int, acc_dtype: torch.dtype, out_dtype: torch.dtype) -> None:
+        """An elementwise policy (ties, dare) over every source's chunk: the branches, then the base."""
+        import torch
+
+        from barkit.merge.policies import get_policy
+
+        seg = job.segment
+        assert seg is not None and seg.reduce is not None
+        rule = get_policy(seg.reduce).reduce
+        assert rule is not None
+        row_bytes = seg.sources[0].info.row_bytes
+        for a in range(0, seg.rows, step):
+            if self.stop.is_set():
+                return
+            b = min(seg.rows, a + step)
+            chunks = [
+                self.files.read_rows(s.info, s.name, s.row + a, s.row + b).to(acc_dtype) for s in seg.sources
+            ]
+            # seeded by the tensor and the rows: a rerun draws the same (dare)
+            seed = zlib.crc32(f"{job.tensor.name}:{a}".encode())
+            merged = rule(torch.stack(chunks[:-1]), chunks[-1], seed)
+            job.writer.write_at(job.offset + a * row_bytes, raw(merged.to(out_dtype)).numpy())
+            self.bar.update((b - a) * row_bytes)
 
 
 def _shard_names(count: int) -> list[str]:
