@@ -101,3 +101,28 @@ def _weights_equal(a: Path, b: Path) -> bool:
 
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_tokenizer_scheme_is_part_of_the_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dataclasses import replace
+
+    from barkit.base_recipe import get_recipe
+
+    recipe = get_recipe("micro")
+    plain = recipe.fingerprint("olmo2", "micro", 0)
+    assert replace(recipe, tokenizer_scheme="metaspace").fingerprint("olmo2", "micro", 0) == plain
+    assert replace(recipe, tokenizer_scheme="glue").fingerprint("olmo2", "micro", 0) != plain
+    out = tmp_path / "g"
+    assert cli(["base", "--out", str(out), "--preset", "micro", "--tokenizer", "glue", "--no-progress"]) == 0
+    manifest = json.loads((out / "barkit.json").read_text())
+    assert manifest["recipe"]["tokenizer_scheme"] == "glue"
+    assert manifest["recipe_fingerprint"] == replace(recipe, tokenizer_scheme="glue").fingerprint(
+        "olmo2", "micro", 0
+    )
+    capsys.readouterr()
+    code = cli(
+        ["base", "--out", str(tmp_path / "x"), "--preset", "micro", "--tokenizer", "bpe", "--no-progress"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "bpe" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()

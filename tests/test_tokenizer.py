@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from barkit.errors import BarkitError
 from barkit.tokenizer import (
     BYTE_TOKENS,
+    GLUE,
     METASPACE,
+    SCHEMES,
     SPECIAL_TOKENS,
     encode_conversation,
     prompt_ids,
@@ -28,10 +30,14 @@ CHAT = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok():
+@pytest.fixture(scope="module", params=SCHEMES)
+def tok(request):
     # A small suite sample keeps training around a second while covering all seven categories.
-    return train_tokenizer(600, seed=0, per_category=60)
+    return train_tokenizer(600, seed=0, per_category=60, scheme=request.param)
+
+
+def _scheme(tok) -> str:
+    return "glue" if tok.backend_tokenizer.normalizer is not None else "metaspace"
 
 
 def test_special_and_byte_ids_are_fixed(tok):
@@ -79,15 +85,45 @@ def test_round_trip_edge_cases(tok, text):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=METASPACE), max_size=80)
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=METASPACE + GLUE),
+        max_size=80,
+    )
 )
 def test_round_trip_any_unicode(tok, text):
     # U+2581 is the metaspace marker itself; it is the one character that decodes to a space.
+    # U+2040 is the glue mark, which the glue scheme's decoder removes.
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
 
+def test_glue_spells_a_word_alike_wherever_it_stands(tok):
+    """Under "glue" a name has one spelling after a space, punctuation, a newline or at the start
+    (so a model can copy it from a prompt token by token); under "metaspace" it has two."""
+    contexts = [
+        "Call subtract_two now",
+        "`subtract_two`",
+        "(subtract_two)",
+        "x\nsubtract_two",
+        "subtract_two",
+    ]
+    spellings = set()
+    for text in contexts:
+        start = text.index("subtract")
+        enc = tok.backend_tokenizer.encode(text, add_special_tokens=False)
+        word = [
+            i
+            for i, (a, b), t in zip(enc.ids, enc.offsets, enc.tokens, strict=True)
+            if a < start + len("subtract") and b > start and t != GLUE
+        ]
+        spellings.add(tuple(word))
+    assert len(spellings) == (1 if _scheme(tok) == "glue" else 2)
+    unknown = "no such scheme"
+    with pytest.raises(BarkitError, match="scheme"):
+        train_tokenizer(600, texts=["abc"], scheme=unknown)
+
+
 def test_training_is_deterministic_and_learns_domain_text(tok):
-    again = train_tokenizer(600, seed=0, per_category=60)
+    again = train_tokenizer(600, seed=0, per_category=60, scheme=_scheme(tok))
     assert again.backend_tokenizer.to_str() == tok.backend_tokenizer.to_str()
     sample = " ".join(suite_corpus(seed=0, per_category=20))
     ids = tok.encode(sample, add_special_tokens=False)

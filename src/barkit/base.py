@@ -109,7 +109,9 @@ def _tokenizer(work: Path, recipe: BaseRecipe, vocab_size: int, seed: int) -> An
     folder = work / "tokenizer"
     if (folder / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(folder)
-    tokenizer = train_tokenizer(vocab_size, seed, per_category=recipe.tokenizer_sample)
+    tokenizer = train_tokenizer(
+        vocab_size, seed, per_category=recipe.tokenizer_sample, scheme=recipe.tokenizer_scheme
+    )
     save_tokenizer(tokenizer, folder)
     return tokenizer
 
@@ -156,13 +158,14 @@ def train_base(
     progress: bool = True,
     eval_limit: int | None = None,
     work_dir: str | os.PathLike[str] | None = None,
+    tokenizer_scheme: str | None = None,
 ) -> dict[str, Any]:
     """Build the default base into ``out_dir`` (resuming an interrupted build); returns its manifest.
 
     ``steps`` overrides the pre-training phase's step count; ``eval_limit`` adds a micro-suite
     evaluation (that many test items per category) and the final copy probe to the manifest.
     ``work_dir`` holds the checkpoints (default: a hidden folder beside ``out_dir``); it is
-    removed once the base is written.
+    removed once the base is written. ``tokenizer_scheme`` overrides the recipe's.
     """
     from dataclasses import replace
 
@@ -177,6 +180,12 @@ def train_base(
     recipe = get_recipe(preset)
     if steps is not None:
         recipe = replace(recipe, pretrain=replace(recipe.pretrain, steps=steps))
+    if tokenizer_scheme is not None:
+        from barkit.tokenizer import SCHEMES
+
+        if tokenizer_scheme not in SCHEMES:
+            raise BarkitError(f"unknown tokenizer scheme {tokenizer_scheme!r}; known: {', '.join(SCHEMES)}")
+        recipe = replace(recipe, tokenizer_scheme=tokenizer_scheme)
     shape = get_preset(preset)
     fingerprint = recipe.fingerprint(arch, preset, seed)
     out = Path(out_dir)

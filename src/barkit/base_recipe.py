@@ -50,9 +50,16 @@ class BaseRecipe:
     copy_chat: float
     probe_every: int
     checkpoint_every: int
+    #: the tokenizer's pre-tokenisation scheme (:data:`barkit.tokenizer.SCHEMES`)
+    tokenizer_scheme: str = "metaspace"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        keyed = asdict(self)
+        # Absent at its default, so that bases built before the field existed keep their
+        # fingerprint; any other scheme is part of what a rebuild must match.
+        if keyed["tokenizer_scheme"] == "metaspace":
+            del keyed["tokenizer_scheme"]
+        return keyed
 
     def fingerprint(self, arch: str, preset: str, seed: int) -> str:
         """What a rebuild must match: recipe, shape, architecture, seed and suite version."""

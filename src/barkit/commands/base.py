@@ -25,6 +25,14 @@ def main(
         Path | None,
         typer.Option("--work", help="Checkpoint folder to resume from (default: hidden, beside --out)."),
     ] = None,
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer",
+            help="Pre-tokenisation scheme: metaspace (Llama-2) or glue (one spelling per word, "
+            "wherever it stands). Default: the preset's recipe.",
+        ),
+    ] = None,
 ) -> None:
     """Pre- and post-train the default dense base on the micro-suite's general data and a copy
     curriculum. An interrupted build resumes from its checkpoints when started again."""
@@ -39,6 +47,7 @@ def main(
         progress=progress,
         eval_limit=eval_limit,
         work_dir=work,
+        tokenizer_scheme=tokenizer,
     )
     typer.echo(
         f"base written to {out}: {manifest['tokens']:,} tokens in {manifest['seconds']:.1f} s, "
