@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from barkit.errors import ConfigError
 from barkit.pipeline import run_recipe
 from barkit.recipe import parse_recipe
 
@@ -181,3 +182,26 @@ def test_quick_demo_cli(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "BAR (routed)" in proc.stdout and "overall" in proc.stdout
+
+
+def test_experts_built_at_once_match_the_sequential_layout(tmp_path: Path) -> None:
+    """jobs=2 builds each expert in its own process; a rerun at jobs=1 finds every step up to date."""
+    recipe = parse_recipe(RECIPE, "test")
+    result = run_recipe(recipe, tmp_path / "run", evaluate=False, log=lambda _: None, jobs=2)
+    names = [s.name for s in result.steps]
+    assert names == [
+        "base",
+        "experts.math.branch",
+        "experts.math.sft",
+        "experts.tool_use.branch",
+        "experts.tool_use.sft",
+        "merge",
+        "route",
+    ]
+    assert all(s.ran for s in result.steps[1:]) and set(result.experts) == {"math", "tool_use"}
+    ran = [e["step"] for e in _ledger(tmp_path / "run") if e["ran"]]
+    assert sorted(ran) == sorted(names), "each step ran exactly once"
+    again = run_recipe(recipe, tmp_path / "run", evaluate=False, log=lambda _: None, jobs=1)
+    assert not any(s.ran for s in again.steps)
+    with pytest.raises(ConfigError, match="jobs"):
+        run_recipe(recipe, tmp_path / "run", evaluate=False, log=lambda _: None, jobs=0)

@@ -6,6 +6,13 @@ content fingerprints. A step whose folder already carries the same key is skippe
 changing one expert's data or stages rebuilds only that expert, the merge and the router,
 and an interrupted run resumes where it stopped. Each executed or skipped step appends a
 line to ``ledger.jsonl`` (tokens processed and seconds).
+
+Experts are independent of each other until the merge (BAR's point), so ``jobs`` > 1 builds
+that many experts at once, each in its own process with an equal share of the CPU threads.
+This is a job scheduler for independent runs, like ``make -j``; training one model on several
+devices goes through accelerate (``barkit train`` under ``accelerate launch``). Torch results
+are bit-reproducible only at the same thread count, so an expert built with ``jobs=2`` on a
+2-core machine (one thread) differs in its last bits from one built with ``jobs=1``.
 """
 
 from __future__ import annotations
@@ -148,7 +155,7 @@ def build_base(runner: Runner) -> Path:
     )
 
 
-def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Path:
+def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path, *, progress: bool = True) -> Path:
     """Branch from the base, then each stage in order; returns the last stage's folder."""
     from barkit.branch import branch
     from barkit.train.stages import run_stage_dir
@@ -170,7 +177,7 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path) -> Pat
         previous = current
 
         def build(p: Path, plan: StagePlan = plan, previous: Path = previous) -> Any:
-            return run_stage_dir(previous, plan, p, resume=True)
+            return run_stage_dir(previous, plan, p, resume=True, progress=progress)
 
         current = runner.step(
             f"experts.{name}.{stage.kind}", f"experts/{name}/{stage.kind}", stage_cfg, [previous], build
@@ -256,8 +263,12 @@ def run_recipe(
     only: str | None = None,
     evaluate: bool = True,
     log: Log = _print,
+    jobs: int = 1,
 ) -> RunResult:
-    """Build ``recipe`` under ``out``. ``only="experts.NAME"`` builds that expert's pipeline alone."""
+    """Build ``recipe`` under ``out``. ``only="experts.NAME"`` builds that expert's pipeline alone;
+    ``jobs`` experts are built at once (see the module docstring)."""
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.yaml", _recipe_yaml(recipe))
@@ -265,8 +276,11 @@ def run_recipe(
     selected = _select(recipe, only)
     base = build_base(runner)
     result = RunResult(out=out, base=base)
+    if jobs > 1 and len(selected) > 1:
+        result.experts = _build_experts_at_once(runner, selected, base, jobs)
     for name in selected:
-        result.experts[name] = build_expert(runner, name, recipe.experts[name], base)
+        if name not in result.experts:
+            result.experts[name] = build_expert(runner, name, recipe.experts[name], base)
     if only is None:
         result.merged = build_merge(runner, result.experts, base)
         if recipe.recover is not None:
@@ -278,6 +292,63 @@ def run_recipe(
             result.scores = evaluate_run(runner, result)
     result.steps = runner.outcomes
     return result
+
+
+def auto_jobs(experts: int) -> int:
+    """As many experts at once as there are CPU cores, each process then on one thread."""
+    import os
+
+    return max(1, min(experts, os.cpu_count() or 1))
+
+
+def _init_worker(threads: int) -> None:
+    import os
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _expert_job(recipe: Recipe, out: str, name: str, base: str) -> tuple[Path, list[StepOutcome]]:
+    """One expert's whole pipeline in a worker process; its log lines carry the expert's name."""
+    runner = Runner(Path(out), recipe, lambda msg: _print(f"[{name}] {msg}"))
+    path = build_expert(runner, name, recipe.experts[name], Path(base), progress=False)
+    return path, runner.outcomes
+
+
+def _build_experts_at_once(runner: Runner, names: list[str], base: Path, jobs: int) -> dict[str, Path]:
+    """Each expert's pipeline in its own process, ``jobs`` at a time; the first failure is raised
+    once every started expert has stopped (each keeps its checkpoints for a rerun)."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    jobs = min(jobs, len(names))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    runner.log(f"building {len(names)} experts, {jobs} at once, {threads} torch thread(s) each")
+    paths: dict[str, Path] = {}
+    failures: list[BaseException] = []
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(_expert_job, runner.recipe, str(runner.out), n, str(base)): n for n in names}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="experts"):
+            try:
+                paths[futures[future]], outcomes = future.result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others stop
+                failures.append(exc)
+                continue
+            runner.outcomes.extend(outcomes)
+    if failures:
+        raise failures[0]
+    # report in recipe order, whatever order the processes finished in
+    order = {n: i for i, n in enumerate(names)}
+    runner.outcomes.sort(
+        key=lambda o: order.get(o.name.split(".")[1], -1) if o.name.startswith("experts.") else -1
+    )
+    return {n: paths[n] for n in names}
 
 
 def _select(recipe: Recipe, only: str | None) -> list[str]:

@@ -16,12 +16,20 @@ def main(
     out: Annotated[Path, typer.Option("--out", help="run folder")] = Path("runs/recipe"),
     only: Annotated[str | None, typer.Option("--only", help="build one expert alone: experts.NAME")] = None,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="skip the evaluation and report")] = False,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs", help="experts built at once, each in its own process (default: one per CPU core)"
+        ),
+    ] = None,
 ) -> None:
     """Build the whole pipeline of a recipe (stages whose inputs and config are unchanged are skipped)."""
-    from barkit.pipeline import run_recipe
+    from barkit.pipeline import auto_jobs, run_recipe
     from barkit.recipe import load_recipe
 
-    result = run_recipe(load_recipe(recipe), out, only=only, evaluate=not no_eval)
+    loaded = load_recipe(recipe)
+    jobs = jobs if jobs is not None else auto_jobs(len(loaded.experts))
+    result = run_recipe(loaded, out, only=only, evaluate=not no_eval, jobs=jobs)
     _print_result(result)
 
 
