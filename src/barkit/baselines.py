@@ -83,7 +83,7 @@ class ScopedRunner(Runner):
     """
 
     def __init__(self, parent: Runner, prefix: str, recipe: Recipe | None = None) -> None:
-        super().__init__(parent.out, recipe or parent.recipe, parent.log)
+        super().__init__(parent.out, recipe or parent.recipe, parent.log, jobs=parent.jobs)
         self.parent, self.prefix = parent, prefix.strip("/")
         self.outcomes = parent.outcomes
 

@@ -8,9 +8,8 @@ and an interrupted run resumes where it stopped. Each executed or skipped step a
 line to ``ledger.jsonl`` (tokens processed and seconds).
 
 Experts are independent of each other until the merge (BAR's point), so ``jobs`` > 1 builds
-that many experts at once, each in its own process with an equal share of the CPU threads.
-This is a job scheduler for independent runs, like ``make -j``; training one model on several
-devices goes through accelerate (``barkit train`` under ``accelerate launch``). Torch results
+that many experts (and then runs that many evaluations) at once, each in its own process with
+an equal share of the CPU threads (:mod:`barkit.jobs`). Torch results
 are bit-reproducible only at the same thread count, so an expert built with ``jobs=2`` on a
 2-core machine (one thread) differs in its last bits from one built with ``jobs=1``.
 """
@@ -71,8 +70,10 @@ class RunResult:
 class Runner:
     """Runs steps under ``out`` with fingerprint-based skipping and a ledger."""
 
-    def __init__(self, out: Path, recipe: Recipe, log: Log = _print) -> None:
+    def __init__(self, out: Path, recipe: Recipe, log: Log = _print, *, jobs: int = 1) -> None:
         self.out, self.recipe, self.log = out, recipe, log
+        #: independent jobs (experts, evaluations) run at once
+        self.jobs = jobs
         self.outcomes: list[StepOutcome] = []
 
     def step(
@@ -272,7 +273,7 @@ def run_recipe(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "recipe.yaml", _recipe_yaml(recipe))
-    runner = Runner(out, recipe, log)
+    runner = Runner(out, recipe, log, jobs=jobs)
     selected = _select(recipe, only)
     base = build_base(runner)
     result = RunResult(out=out, base=base)
@@ -294,22 +295,6 @@ def run_recipe(
     return result
 
 
-def auto_jobs(experts: int) -> int:
-    """As many experts at once as there are CPU cores, each process then on one thread."""
-    import os
-
-    return max(1, min(experts, os.cpu_count() or 1))
-
-
-def _init_worker(threads: int) -> None:
-    import os
-
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def _expert_job(recipe: Recipe, out: str, name: str, base: str) -> tuple[Path, list[StepOutcome]]:
     """One expert's whole pipeline in a worker process; its log lines carry the expert's name."""
     runner = Runner(Path(out), recipe, lambda msg: _print(f"[{name}] {msg}"))
@@ -318,37 +303,22 @@ def _expert_job(recipe: Recipe, out: str, name: str, base: str) -> tuple[Path, l
 
 
 def _build_experts_at_once(runner: Runner, names: list[str], base: Path, jobs: int) -> dict[str, Path]:
-    """Each expert's pipeline in its own process, ``jobs`` at a time; the first failure is raised
-    once every started expert has stopped (each keeps its checkpoints for a rerun)."""
-    import multiprocessing
+    """Each expert's pipeline in its own process, ``jobs`` at a time (:mod:`barkit.jobs`)."""
     import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from tqdm.auto import tqdm
+    from barkit.jobs import run_at_once
 
     jobs = min(jobs, len(names))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     runner.log(f"building {len(names)} experts, {jobs} at once, {threads} torch thread(s) each")
+    calls = [(runner.recipe, str(runner.out), name, str(base)) for name in names]
     paths: dict[str, Path] = {}
-    failures: list[BaseException] = []
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(_expert_job, runner.recipe, str(runner.out), n, str(base)): n for n in names}
-        for future in tqdm(as_completed(futures), total=len(futures), desc="experts"):
-            try:
-                paths[futures[future]], outcomes = future.result()
-            except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others stop
-                failures.append(exc)
-                continue
-            runner.outcomes.extend(outcomes)
-    if failures:
-        raise failures[0]
-    # report in recipe order, whatever order the processes finished in
-    order = {n: i for i, n in enumerate(names)}
-    runner.outcomes.sort(
-        key=lambda o: order.get(o.name.split(".")[1], -1) if o.name.startswith("experts.") else -1
-    )
-    return {n: paths[n] for n in names}
+    for name, (path, outcomes) in zip(
+        names, run_at_once(_expert_job, calls, jobs, desc="experts"), strict=True
+    ):
+        paths[name] = path
+        runner.outcomes.extend(outcomes)  # in recipe order, whatever order they finished in
+    return paths
 
 
 def _select(recipe: Recipe, only: str | None) -> list[str]:

@@ -52,7 +52,11 @@ def eval_cached(
 
 
 def evaluate_run(runner: Runner, result: RunResult) -> dict[str, Scores]:
-    """Evaluate the base, each expert, the merged and the routed model; write the report."""
+    """Evaluate the base, each expert, the merged and the routed model; write the report.
+
+    With ``runner.jobs`` > 1 the evaluations (these models and each expert's earlier stages)
+    run that many at once, in their own processes; the report then reads their cached files.
+    """
     recipe = runner.recipe
     categories = recipe.eval.categories or list(CATEGORIES)
     models: dict[str, Path] = {"base": result.base}
@@ -63,24 +67,56 @@ def evaluate_run(runner: Runner, result: RunResult) -> dict[str, Scores]:
         models["merged + recovered"] = result.recovered
     if result.routed is not None:
         models["BAR (routed)"] = result.routed
+    tasks = [
+        (path, runner.out / "eval" / f"{_slug(label)}.json", categories) for label, path in models.items()
+    ]
+    tasks += [(folder, file, [domain]) for _, _, domain, folder, file in _stage_folders(runner)]
+    computed = _evaluate_at_once(runner, tasks) if runner.jobs > 1 else {}
     table: dict[str, Scores] = {}
-    for label, path in models.items():
-        file = runner.out / "eval" / f"{_slug(label)}.json"
+    for (label, path), (_, file, _) in zip(models.items(), tasks[: len(models)], strict=True):
         start = time.perf_counter()
         data = eval_cached(path, file, categories=categories, limit=recipe.eval.limit, seed=recipe.seed)
         table[label] = {**data["scores"], "overall": data["overall"]}
+        seconds = computed.get(file, time.perf_counter() - start)
         append_ledger(
             runner.out,
-            {
-                "step": f"eval.{_slug(label)}",
-                "seconds": round(time.perf_counter() - start, 3),
-                "tokens": 0,
-                "ran": True,
-            },
+            {"step": f"eval.{_slug(label)}", "seconds": round(seconds, 3), "tokens": 0, "ran": True},
         )
     stages = stage_scores(runner, table)
     write_report(runner.out, table, result, title=f"barkit run: {recipe.name}", stages=stages)
     return table
+
+
+def _eval_job(model_dir: Path, file: Path, categories: list[str], limit: int, seed: int) -> float | None:
+    """Evaluate into ``file`` (in a worker); the seconds it took, or None when it was cached."""
+    before = file.stat().st_mtime_ns if file.is_file() else None
+    data = eval_cached(model_dir, file, categories=categories, limit=limit, seed=seed)
+    fresh = before is None or file.stat().st_mtime_ns != before
+    return float(data["wall_time_s"]) if fresh else None
+
+
+def _evaluate_at_once(runner: Runner, tasks: list[tuple[Path, Path, list[str]]]) -> dict[Path, float]:
+    """Run the evaluations ``runner.jobs`` at a time; seconds of each one that was computed."""
+    from barkit.jobs import run_at_once
+
+    recipe = runner.recipe
+    calls = [(path, file, list(cats), recipe.eval.limit, recipe.seed) for path, file, cats in tasks]
+    seconds = run_at_once(_eval_job, calls, runner.jobs, desc="evaluations")
+    return {file: s for (_, file, _), s in zip(tasks, seconds, strict=True) if s is not None}
+
+
+def _stage_folders(runner: Runner) -> list[tuple[str, str, str, Path, Path]]:
+    """(expert, stage kind, domain, folder, eval file) of each built stage of a suite expert."""
+    found = []
+    for name, spec in runner.recipe.experts.items():
+        if spec.domain is None:
+            continue  # an expert on the user's data has no suite category to score it on
+        for stage in spec.stages:
+            folder = runner.out / "experts" / name / stage.kind
+            if (folder / "barkit.json").is_file():
+                file = runner.out / "eval" / "stages" / f"{name}_{stage.kind}.json"
+                found.append((name, stage.kind, spec.domain, folder, file))
+    return found
 
 
 def stage_scores(runner: Runner, table: Mapping[str, Scores]) -> dict[str, dict[str, float]]:
@@ -88,19 +124,11 @@ def stage_scores(runner: Runner, table: Mapping[str, Scores]) -> dict[str, dict[
     recipe = runner.recipe
     rows: dict[str, dict[str, float]] = {}
     for name, spec in recipe.experts.items():
-        if spec.domain is None:
-            continue  # an expert on the user's data has no suite category to score it on
-        row = {"base": table["base"][spec.domain]} if spec.domain in table.get("base", {}) else {}
-        for stage in spec.stages:
-            folder = runner.out / "experts" / name / stage.kind
-            if not (folder / "barkit.json").is_file():
-                continue
-            file = runner.out / "eval" / "stages" / f"{name}_{stage.kind}.json"
-            data = eval_cached(
-                folder, file, categories=[spec.domain], limit=recipe.eval.limit, seed=recipe.seed
-            )
-            row[stage.kind] = data["scores"][spec.domain]
-        rows[name] = row
+        if spec.domain is not None:
+            rows[name] = {"base": table["base"][spec.domain]} if spec.domain in table.get("base", {}) else {}
+    for name, kind, domain, folder, file in _stage_folders(runner):
+        data = eval_cached(folder, file, categories=[domain], limit=recipe.eval.limit, seed=recipe.seed)
+        rows[name][kind] = data["scores"][domain]
     return rows
 
 

@@ -23,7 +23,8 @@ def main(
 ) -> None:
     """Base, four experts (math, code, tool use, safety), merge, route, eval; prints one table."""
     from barkit.commands.run import _print_result
-    from barkit.pipeline import auto_jobs, run_recipe
+    from barkit.jobs import auto_jobs
+    from barkit.pipeline import run_recipe
     from barkit.recipe import builtin_recipe, quick_variant
 
     recipe = builtin_recipe("default")

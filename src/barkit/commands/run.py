@@ -24,7 +24,8 @@ def main(
     ] = None,
 ) -> None:
     """Build the whole pipeline of a recipe (stages whose inputs and config are unchanged are skipped)."""
-    from barkit.pipeline import auto_jobs, run_recipe
+    from barkit.jobs import auto_jobs
+    from barkit.pipeline import run_recipe
     from barkit.recipe import load_recipe
 
     loaded = load_recipe(recipe)
