@@ -108,17 +108,19 @@ def test_tokenizer_scheme_is_part_of_the_recipe(tmp_path: Path, capsys: pytest.C
 
     from barkit.base_recipe import get_recipe
 
-    recipe = get_recipe("micro")
-    plain = recipe.fingerprint("olmo2", "micro", 0)
-    assert replace(recipe, tokenizer_scheme="metaspace").fingerprint("olmo2", "micro", 0) == plain
-    assert replace(recipe, tokenizer_scheme="glue").fingerprint("olmo2", "micro", 0) != plain
-    out = tmp_path / "g"
-    assert cli(["base", "--out", str(out), "--preset", "micro", "--tokenizer", "glue", "--no-progress"]) == 0
-    manifest = json.loads((out / "barkit.json").read_text())
-    assert manifest["recipe"]["tokenizer_scheme"] == "glue"
-    assert manifest["recipe_fingerprint"] == replace(recipe, tokenizer_scheme="glue").fingerprint(
-        "olmo2", "micro", 0
+    glue = get_recipe("micro")
+    assert glue.tokenizer_scheme == "glue"
+    metaspace = replace(glue, tokenizer_scheme="metaspace")
+    # absent at the old default, so bases built before the field existed keep their fingerprint
+    assert "tokenizer_scheme" not in metaspace.to_dict()
+    assert metaspace.fingerprint("olmo2", "micro", 0) != glue.fingerprint("olmo2", "micro", 0)
+    out = tmp_path / "m"
+    assert (
+        cli(["base", "--out", str(out), "--preset", "micro", "--tokenizer", "metaspace", "--no-progress"])
+        == 0
     )
+    manifest = json.loads((out / "barkit.json").read_text())
+    assert manifest["recipe_fingerprint"] == metaspace.fingerprint("olmo2", "micro", 0)
     capsys.readouterr()
     code = cli(
         ["base", "--out", str(tmp_path / "x"), "--preset", "micro", "--tokenizer", "bpe", "--no-progress"]

@@ -89,6 +89,7 @@ RECIPES: dict[str, BaseRecipe] = {
         copy_chat=0.1,
         probe_every=3,
         checkpoint_every=0,
+        tokenizer_scheme="glue",
     ),
     # The shipped base: 16M tokens of pre-training (copying forms after roughly 15-25M tokens
     # of ordinary text at this batch x context; the copy curriculum should bring it sooner), a
@@ -119,6 +120,7 @@ RECIPES: dict[str, BaseRecipe] = {
         copy_chat=0.1,
         probe_every=500,
         checkpoint_every=250,
+        tokenizer_scheme="glue",
     ),
 }
 
