@@ -107,6 +107,7 @@ RECIPES: dict[str, BaseRecipe] = {
         copy_chat=0.1,
         probe_every=250,
         checkpoint_every=250,
+        tokenizer_scheme="glue",
     ),
     "small": BaseRecipe(
         items=20000,
