@@ -205,3 +205,21 @@ def test_experts_built_at_once_match_the_sequential_layout(tmp_path: Path) -> No
     assert not any(s.ran for s in again.steps)
     with pytest.raises(ConfigError, match="jobs"):
         run_recipe(recipe, tmp_path / "run", evaluate=False, log=lambda _: None, jobs=0)
+
+
+def test_router_learning_rate_is_an_option(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from barkit.cli import main
+    from barkit.route import route_plan
+
+    default = route_plan(run / "merged", preset="micro", steps=2)
+    faster = route_plan(run / "merged", preset="micro", steps=2, lr=0.02)
+    assert faster.cfg.optim.lr == 0.02 != default.cfg.optim.lr
+    assert faster.cfg.model_dump() | {"optim": None} == default.cfg.model_dump() | {"optim": None}
+    with pytest.raises(ConfigError, match="learning rate"):
+        route_plan(run / "merged", preset="micro", lr=0.0)
+    assert parse_recipe({**RECIPE, "route": {"lr": 0.02}}, "test").route.lr == 0.02
+    assert main(["route", str(run / "merged"), "--out", str(tmp_path / "o"), "--lr", "-1"]) == 2
+    assert "learning rate" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

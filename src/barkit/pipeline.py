@@ -242,7 +242,7 @@ def build_route(runner: Runner, merged: Path) -> Path:
         from barkit.train.file_data import user_data
 
         data = user_data(files)
-    plan = route_plan(merged, preset=recipe.preset, steps=spec.steps, seed=recipe.seed, data=data)
+    plan = route_plan(merged, preset=recipe.preset, steps=spec.steps, seed=recipe.seed, data=data, lr=spec.lr)
     cfg = {"sample": spec.sample, "preset": recipe.preset, "stage": plan.cfg.model_dump(mode="json")}
     if spec.domain_loss:  # only when set: routers built without it keep their keys
         cfg["domain_loss"] = spec.domain_loss

@@ -200,6 +200,7 @@ class MergeSpec(_Strict):
 class RouteSpec(_Strict):
     sample: float = Field(0.05, gt=0.0, le=1.0, description="stratified share of all experts' SFT data")
     steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0.0, description="peak learning rate; default: the preset's")
     domain_loss: float = Field(
         0.0,
         ge=0.0,

@@ -117,15 +117,26 @@ def route_plan(
     steps: int | None = None,
     seed: int = 0,
     data: UserData | None = None,
+    lr: float | None = None,
 ) -> StagePlan:
     """The router stage of a merged model: the router kind on a merged input, over its experts'
-    domains and the general categories, or over the SFT files in ``data``."""
+    domains and the general categories, or over the SFT files in ``data``. ``lr`` overrides the
+    preset's peak learning rate."""
+    import dataclasses
+
     from barkit.train.stages import resolve_stage
 
     domains = expert_domains(read_manifest(Path(merged_dir)))
     if data is not None:
-        return resolve_stage("router", domains, preset, steps, seed, on="merged", data=data)
-    return resolve_stage("router", routed_categories(domains), preset, steps, seed, on="merged")
+        plan = resolve_stage("router", domains, preset, steps, seed, on="merged", data=data)
+    else:
+        plan = resolve_stage("router", routed_categories(domains), preset, steps, seed, on="merged")
+    if lr is None:
+        return plan
+    if not lr > 0:
+        raise ConfigError(f"router learning rate {lr}: must be > 0")
+    optim = plan.cfg.optim.model_copy(update={"lr": lr})
+    return dataclasses.replace(plan, cfg=plan.cfg.model_copy(update={"optim": optim}))
 
 
 def route_config(sample: float, plan: StagePlan, domain_loss: float = 0.0) -> dict[str, Any]:
@@ -175,10 +186,11 @@ def route(
     data: UserData | None = None,
     resume: bool = False,
     progress: bool = True,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """Router-only training of a merged model; writes the routed model, fractions and heatmap.
 
-    ``plan`` (from :func:`route_plan`) replaces ``seed``, ``preset``, ``steps`` and ``data``, the
+    ``plan`` (from :func:`route_plan`) replaces ``seed``, ``preset``, ``steps``, ``lr`` and ``data``, the
     experts' SFT files to sample instead of the suite (see :func:`barkit.train.file_data.user_data`);
     ``domain_loss`` > 0 adds the domain-label router loss with that coefficient.
     """
@@ -187,7 +199,7 @@ def route(
 
     merged_dir, out = Path(merged_dir), Path(out_dir)
     manifest = read_manifest(merged_dir)
-    plan = plan or route_plan(merged_dir, preset=preset, steps=steps, seed=seed, data=data)
+    plan = plan or route_plan(merged_dir, preset=preset, steps=steps, seed=seed, data=data, lr=lr)
     seed, preset = plan.cfg.seed, plan.preset
     work = out.parent / f".{out.name}.work"
     factory, eval_sample, encode = _samples(plan, sample, domain_loss, expert_domains(manifest))

@@ -16,6 +16,7 @@ def main(
     seed: Annotated[int, typer.Option("--seed")] = 0,
     preset: Annotated[str, typer.Option("--preset", help="micro|tiny|small: step counts")] = "tiny",
     steps: Annotated[int | None, typer.Option("--steps", help="override the preset's step count")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="override the preset's peak learning rate")] = None,
     domain_loss: Annotated[
         float,
         typer.Option(
@@ -61,5 +62,6 @@ def main(
         domain_loss=domain_loss,
         data=files,
         resume=resume,
+        lr=lr,
     )
     print(f"routed model: {out} (fingerprint {manifest['fingerprint']}); heatmap: {out}/routing.png")
