@@ -36,11 +36,14 @@ def test_default_recipe_follows_bar() -> None:
     }
     assert recipe.experts["tool_use"].stages[0].add_special_tokens == ["<tool_call>", "</tool_call>"]
     assert recipe.route.sample == 0.05
+    # the two measured deviations from BAR (docs/results/README.md)
+    assert recipe.merge.shared == "sum" and recipe.route.lr == 0.02
 
 
 def test_quick_variant_is_micro() -> None:
     quick = quick_variant(builtin_recipe())
     assert quick.preset == "micro" and quick.experts == builtin_recipe().experts
+    assert quick.route.steps is None and quick.route.lr == builtin_recipe().route.lr
 
 
 @pytest.mark.parametrize(

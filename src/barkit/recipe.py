@@ -362,7 +362,12 @@ def to_yaml(recipe: Recipe) -> str:
 
 
 def quick_variant(recipe: Recipe) -> Recipe:
-    """The same recipe at micro size with a short evaluation (``--quick``: tests, smoke runs)."""
+    """The same recipe at micro size with a short evaluation (``--quick``: tests, smoke runs); the
+    router keeps its learning rate but takes the micro preset's step count."""
     return recipe.model_copy(
-        update={"preset": "micro", "eval": EvalSpec(limit=8, categories=recipe.eval.categories)}
+        update={
+            "preset": "micro",
+            "eval": EvalSpec(limit=8, categories=recipe.eval.categories),
+            "route": recipe.route.model_copy(update={"steps": None}),
+        }
     )

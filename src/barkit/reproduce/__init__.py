@@ -123,8 +123,15 @@ def reproduce(
         raise ConfigError(f"--only-seed {only_seed}: must lie in 0..{seeds - 1} (--seeds {seeds})")
     budget = budget or (QUICK if quick else FULL)
     recipe = builtin_recipe("default")
+    # The reproduction measures BAR as published: shared tensors averaged and the preset's router
+    # rate, not the default recipe's two measured deviations (sum, router lr).
     recipe = recipe.model_copy(
-        update={"preset": budget.preset, "base": BaseSpec(arch=recipe.base.arch, steps=budget.base_steps)}
+        update={
+            "preset": budget.preset,
+            "base": BaseSpec(arch=recipe.base.arch, steps=budget.base_steps),
+            "merge": recipe.merge.model_copy(update={"shared": "mean"}),
+            "route": recipe.route.model_copy(update={"lr": None}),
+        }
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
