@@ -13,8 +13,9 @@ JOBS=${JOBS:-$(nproc)}
 mkdir -p "$OUT"
 experts=()
 for d in math code tool_use safety; do
-  last=$(ls -d "$RUN"/experts/$d/{rlvr,sft} 2>/dev/null | head -n 1)
-  experts+=("$last")
+  for stage in rlvr sft; do  # each expert's last stage
+    if [ -d "$RUN/experts/$d/$stage" ]; then experts+=("$RUN/experts/$d/$stage"); break; fi
+  done
 done
 echo "experts: ${experts[*]}"
 
@@ -50,6 +51,8 @@ start_option sum "--shared sum --base $RUN/base" ""
 start_option anchor-embeddings "--override *embed*=anchor --override lm_head*=anchor --base $RUN/base" ""
 start_option domain-loss "" "--domain-loss 1.0"
 start_option recover "" "" recover
+start_option sum-router-2e-2 "--shared sum --base $RUN/base" "--lr 0.02 --steps 160"
+start_option mean-router-2e-2 "" "--lr 0.02 --steps 160"
 wait || true
 for name in "${names[@]}"; do
   [ -f "$OUT/$name/scores.json" ] || { echo "option $name failed; see $OUT/$name/log.txt" >&2; exit 1; }

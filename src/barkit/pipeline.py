@@ -9,9 +9,9 @@ line to ``ledger.jsonl`` (tokens processed and seconds).
 
 Experts are independent of each other until the merge (BAR's point), so ``jobs`` > 1 builds
 that many experts (and then runs that many evaluations) at once, each in its own process with
-an equal share of the CPU threads (:mod:`barkit.jobs`). Torch results
-are bit-reproducible only at the same thread count, so an expert built with ``jobs=2`` on a
-2-core machine (one thread) differs in its last bits from one built with ``jobs=1``.
+an equal share of the CPU threads (:mod:`barkit.jobs`). Torch results are bit-reproducible only
+at the same thread count, so an expert built with ``jobs=2`` on a 2-core machine (one thread)
+differs in its last bits from one built with ``jobs=1``.
 """
 
 from __future__ import annotations
