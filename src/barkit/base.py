@@ -181,10 +181,9 @@ def train_base(
     if steps is not None:
         recipe = replace(recipe, pretrain=replace(recipe.pretrain, steps=steps))
     if tokenizer_scheme is not None:
-        from barkit.tokenizer import SCHEMES
+        from barkit.tokenizer import check_scheme
 
-        if tokenizer_scheme not in SCHEMES:
-            raise BarkitError(f"unknown tokenizer scheme {tokenizer_scheme!r}; known: {', '.join(SCHEMES)}")
+        check_scheme(tokenizer_scheme)
         recipe = replace(recipe, tokenizer_scheme=tokenizer_scheme)
     shape = get_preset(preset)
     fingerprint = recipe.fingerprint(arch, preset, seed)

@@ -20,6 +20,11 @@ def auto_jobs(n: int) -> int:
     return max(1, min(n, os.cpu_count() or 1))
 
 
+def threads_per_job(jobs: int) -> int:
+    """Each of ``jobs`` processes' equal share of the CPU's threads (at least one)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _init_worker(threads: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     import torch
@@ -40,7 +45,7 @@ def run_at_once(fn: Callable[..., T], calls: Sequence[tuple[Any, ...]], jobs: in
     from tqdm.auto import tqdm
 
     jobs = max(1, min(jobs, len(calls)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
         futures: list[Future[T]] = [pool.submit(fn, *args) for args in calls]

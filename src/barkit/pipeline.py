@@ -304,13 +304,10 @@ def _expert_job(recipe: Recipe, out: str, name: str, base: str) -> tuple[Path, l
 
 def _build_experts_at_once(runner: Runner, names: list[str], base: Path, jobs: int) -> dict[str, Path]:
     """Each expert's pipeline in its own process, ``jobs`` at a time (:mod:`barkit.jobs`)."""
-    import os
-
-    from barkit.jobs import run_at_once
+    from barkit.jobs import run_at_once, threads_per_job
 
     jobs = min(jobs, len(names))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    runner.log(f"building {len(names)} experts, {jobs} at once, {threads} torch thread(s) each")
+    runner.log(f"building {len(names)} experts, {jobs} at once, {threads_per_job(jobs)} torch thread(s) each")
     calls = [(runner.recipe, str(runner.out), name, str(base)) for name in names]
     paths: dict[str, Path] = {}
     for name, (path, outcomes) in zip(

@@ -87,22 +87,21 @@ def evaluate_run(runner: Runner, result: RunResult) -> dict[str, Scores]:
     return table
 
 
-def _eval_job(model_dir: Path, file: Path, categories: list[str], limit: int, seed: int) -> float | None:
-    """Evaluate into ``file`` (in a worker); the seconds it took, or None when it was cached."""
-    before = file.stat().st_mtime_ns if file.is_file() else None
-    data = eval_cached(model_dir, file, categories=categories, limit=limit, seed=seed)
-    fresh = before is None or file.stat().st_mtime_ns != before
-    return float(data["wall_time_s"]) if fresh else None
+def _eval_job(model_dir: Path, file: Path, categories: list[str], limit: int, seed: int) -> float:
+    """Evaluate into ``file`` (in a worker, a cached result counting as done); seconds taken."""
+    start = time.perf_counter()
+    eval_cached(model_dir, file, categories=categories, limit=limit, seed=seed)
+    return time.perf_counter() - start
 
 
 def _evaluate_at_once(runner: Runner, tasks: list[tuple[Path, Path, list[str]]]) -> dict[Path, float]:
-    """Run the evaluations ``runner.jobs`` at a time; seconds of each one that was computed."""
+    """Run the evaluations ``runner.jobs`` at a time; the seconds each took."""
     from barkit.jobs import run_at_once
 
     recipe = runner.recipe
     calls = [(path, file, list(cats), recipe.eval.limit, recipe.seed) for path, file, cats in tasks]
     seconds = run_at_once(_eval_job, calls, runner.jobs, desc="evaluations")
-    return {file: s for (_, file, _), s in zip(tasks, seconds, strict=True) if s is not None}
+    return {file: s for (_, file, _), s in zip(tasks, seconds, strict=True)}
 
 
 def _stage_folders(runner: Runner) -> list[tuple[str, str, str, Path, Path]]:

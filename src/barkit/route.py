@@ -122,21 +122,13 @@ def route_plan(
     """The router stage of a merged model: the router kind on a merged input, over its experts'
     domains and the general categories, or over the SFT files in ``data``. ``lr`` overrides the
     preset's peak learning rate."""
-    import dataclasses
-
     from barkit.train.stages import resolve_stage
 
     domains = expert_domains(read_manifest(Path(merged_dir)))
+    overrides = None if lr is None else {"optim": {"lr": lr}}
     if data is not None:
-        plan = resolve_stage("router", domains, preset, steps, seed, on="merged", data=data)
-    else:
-        plan = resolve_stage("router", routed_categories(domains), preset, steps, seed, on="merged")
-    if lr is None:
-        return plan
-    if not lr > 0:
-        raise ConfigError(f"router learning rate {lr}: must be > 0")
-    optim = plan.cfg.optim.model_copy(update={"lr": lr})
-    return dataclasses.replace(plan, cfg=plan.cfg.model_copy(update={"optim": optim}))
+        return resolve_stage("router", domains, preset, steps, seed, overrides, on="merged", data=data)
+    return resolve_stage("router", routed_categories(domains), preset, steps, seed, overrides, on="merged")
 
 
 def route_config(sample: float, plan: StagePlan, domain_loss: float = 0.0) -> dict[str, Any]:

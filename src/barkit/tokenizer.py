@@ -93,7 +93,8 @@ def suite_corpus(seed: int = 0, per_category: int = 2000) -> list[str]:
     return texts
 
 
-def _check_scheme(scheme: str) -> None:
+def check_scheme(scheme: str) -> None:
+    """BarkitError unless ``scheme`` is one of :data:`SCHEMES`."""
     if scheme not in SCHEMES:
         raise BarkitError(f"unknown tokenizer scheme {scheme!r}; known: {', '.join(SCHEMES)}")
 
@@ -102,7 +103,7 @@ def _pipeline(model: Any, scheme: str = "metaspace") -> Any:
     """A ``tokenizers.Tokenizer`` around ``model`` with barkit's pre-tokenizer and decoder."""
     from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 
-    _check_scheme(scheme)
+    check_scheme(scheme)
     tok = Tokenizer(model)
     if scheme == "metaspace":
         tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -200,7 +201,7 @@ def train_tokenizer(
     ``seed`` picks the suite sample; the BPE trainer itself is deterministic. ``scheme`` is one
     of ``SCHEMES``.
     """
-    _check_scheme(scheme)
+    check_scheme(scheme)
     minimum = len(SPECIAL_TOKENS) + len(BYTE_TOKENS) + 1
     if vocab_size < minimum:
         raise BarkitError(f"vocab_size {vocab_size} too small (at least {minimum})")
