@@ -157,10 +157,20 @@ def reproduce(
     }
     n_prompts = 8 if budget.preset == "micro" else 32
     inference = inference_cost(out, cost_models, n_prompts, 16 if budget.preset == "micro" else 32)
+    from barkit.artifacts import read_manifest
+    from barkit.report import ledger_summary
     from barkit.reproduce.report import write_report
 
+    base_manifest = read_manifest(base)
     results = {
         "budget": budget.to_dict(),
+        "base": {
+            "fingerprint": base_manifest.get("fingerprint"),
+            "tokens": base_manifest.get("tokens"),
+            "created": base_manifest.get("created"),
+            "suite_version": base_manifest.get("suite_version"),
+        },
+        "stage_seconds": stage_seconds(ledger_summary(out), seeds, out / "eval"),
         "seeds": seeds,
         "plan": {d: list(k) for d, k in domain_plan(recipe).items()},
         "per_seed": per_seed,
@@ -170,6 +180,30 @@ def reproduce(
     report = write_report(out, results, recipe, budget, first)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     return ReproduceResult(out, report, results)
+
+
+def stage_seconds(ledger: Sequence[dict[str, Any]], seeds: int, evals: Path) -> dict[str, float]:
+    """Seconds of every step that ran and of every evaluation, per seed (``seedS``) and for the
+    shared steps (``shared``).
+
+    Measured where each step ran (``--only-seed`` processes included), so the total is the
+    compute the reproduction took, unlike the wall time of the invocation that writes the report.
+    """
+    totals = {f"seed{s}": 0.0 for s in range(seeds)}
+    totals["shared"] = 0.0
+    for entry in ledger:
+        if not entry.get("ran"):
+            continue
+        head = str(entry.get("step", "")).split(".")[0]
+        key = head if head in totals else "shared"
+        totals[key] += float(entry.get("seconds", 0) or 0)
+    for seed in range(seeds):
+        for file in sorted((evals / f"seed{seed}").glob("*.json")):
+            try:
+                totals[f"seed{seed}"] += float(json.loads(file.read_text()).get("wall_time_s", 0) or 0)
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    return {k: round(v, 1) for k, v in totals.items()}
 
 
 def method_rows() -> Sequence[str]:

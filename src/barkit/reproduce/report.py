@@ -44,7 +44,7 @@ def _budget_section(budget: Budget, results: Mapping[str, Any]) -> list[str]:
     lines = [
         "## Budgets",
         "",
-        f"Model preset `{budget.preset}`; base trained once ({budget.base_steps or 'preset default'} steps) and shared by all seeds "
+        f"Model preset `{budget.preset}`; one base ({_base_line(budget, results)}) shared by all seeds "
         "(BAR starts from a given post-trained model; seeds vary everything after it). Every method trains each domain "
         "with the same per-domain step counts; a stage over k domains at once (monolithic) trains k times the steps. "
         "The router, BTX's MoE fine-tuning and BTS's stitches all train for the router budget on the same stratified "
@@ -59,12 +59,38 @@ def _budget_section(budget: Budget, results: Mapping[str, Any]) -> list[str]:
     lines += [
         "",
         f"Evaluation: {budget.eval_limit} test items per category, greedy decoding. Seeds: {results['seeds']}. "
-        f"Wall time of this invocation: {results['wall_time_s'] / 60:.1f} min.",
+        f"{_time_line(results)}",
         "",
     ]
     plan = ", ".join(f"{d}: {' -> '.join(k)}" for d, k in results["plan"].items())
     lines += [f"Stages per domain (all methods): {plan}.", ""]
     return lines
+
+
+def _base_line(budget: Budget, results: Mapping[str, Any]) -> str:
+    base = results.get("base") or {}
+    what = f"trained for {budget.base_steps} steps" if budget.base_steps else "the shipped base"
+    if base.get("tokens"):
+        what += f", {base['tokens'] / 1e6:.1f}M pre- and post-training tokens"
+    if base.get("fingerprint"):
+        what += f", fingerprint `{base['fingerprint']}`"
+    return what
+
+
+def _time_line(results: Mapping[str, Any]) -> str:
+    """Compute per seed from the ledger (where each step ran), then this invocation's wall time."""
+    spent = results.get("stage_seconds") or {}
+    per_seed = [v for k, v in spent.items() if k.startswith("seed")]
+    line = ""
+    if per_seed:
+        line = (
+            f"Training and evaluation time, from the ledger: {sum(per_seed) / 60:.0f} min over the seeds "
+            f"({', '.join(f'{v / 60:.0f}' for v in per_seed)} min per seed) plus {spent.get('shared', 0) / 60:.0f} min "
+            "shared. "
+        )
+    return (
+        line + f"Wall time of the invocation that wrote this report: {results['wall_time_s'] / 60:.1f} min."
+    )
 
 
 def _main_section(

@@ -18,6 +18,7 @@ from barkit.baselines import (
     BarRun,
     Budget,
     Context,
+    ScopedRunner,
     averaged,
     bar_pipeline,
     bts,
@@ -30,8 +31,8 @@ from barkit.baselines import (
     stage_step,
     with_top_k,
 )
-from barkit.pipeline import Runner
-from barkit.recipe import Recipe
+from barkit.pipeline import Runner, build_merge, build_route
+from barkit.recipe import Recipe, builtin_recipe
 from barkit.suite import CATEGORIES, GENERAL
 
 Log = Callable[[str], None]
@@ -46,7 +47,11 @@ AVG_MID = "Dense weight averaging (with mid-training)"
 BTX = "BTX"
 FLEXOLMO = "FlexOlmo-style (shared frozen)"
 BTS = "BTS"
-METHODS = (BAR, MONO_POST, MONO_MID, SEQUENTIAL, AVG_POST, AVG_MID, BTX, FLEXOLMO, BTS)
+# BAR's experts merged and routed with barkit's default recipe instead of BAR's published settings
+# (shared tensors summed as task vectors, router at lr 2e-2; see the README): same experts, same
+# router budget, so the row isolates what the two measured deviations change.
+BAR_SUM = "BAR experts, barkit's default merge (sum, router lr 2e-2)"
+METHODS = (BAR, BAR_SUM, MONO_POST, MONO_MID, SEQUENTIAL, AVG_POST, AVG_MID, BTX, FLEXOLMO, BTS)
 FROZEN = ["expert", "router"]
 
 
@@ -70,11 +75,13 @@ def build_seed(
     ctx = Context(runner, base, budget, seed, domain_plan(recipe), progress).scoped(f"seed{seed}")
     models = SeedModels()
     models.bar = bar_pipeline(ctx, budget_recipe(recipe, budget, seed), "bar")
+    bar_sum = _barkit_default_merge(ctx, budget_recipe(recipe, budget, seed), models.bar)
     models.flex = bar_pipeline(ctx, budget_recipe(recipe, budget, seed, FROZEN), "flexolmo")
     with_mid, post_only = dense_experts(ctx, midtrain=True), dense_experts(ctx, midtrain=False)
     assert models.bar.routed is not None and models.flex.routed is not None
     models.methods = {
         BAR: models.bar.routed,
+        BAR_SUM: bar_sum,
         MONO_POST: monolithic(ctx, midtrain=False),
         MONO_MID: monolithic(ctx, midtrain=True),
         SEQUENTIAL: sequential(ctx),
@@ -87,6 +94,21 @@ def build_seed(
     _ablations(ctx, recipe, models)
     models.upgrades = _upgrades(ctx, recipe, models.bar)
     return models
+
+
+def _barkit_default_merge(ctx: Context, recipe: Recipe, bar: BarRun) -> Path:
+    """BAR's experts merged and routed under ``bar_default/`` with the merge and router learning
+    rate of barkit's built-in default recipe (the router keeps the budget's steps and sample)."""
+    default = builtin_recipe("default")
+    variant = recipe.model_copy(
+        update={
+            "merge": default.merge,
+            "route": recipe.route.model_copy(update={"lr": default.route.lr}),
+        }
+    )
+    scoped = ScopedRunner(ctx.runner, "bar_default", variant)
+    merged = build_merge(scoped, bar.experts, ctx.base)
+    return build_route(scoped, merged)
 
 
 def _domain_step(

@@ -20,6 +20,7 @@ from barkit.reproduce.run import (
     AVG_MID,
     AVG_POST,
     BAR,
+    BAR_SUM,
     BTS,
     BTX,
     FLEXOLMO,
@@ -256,6 +257,14 @@ def findings(
             "so what BAR gains by unfreezing them is lost in the merge, while FlexOlmo-style experts merge intact.",
         )
     )
+    if BAR_SUM in m:
+        gap = _gap(m, BAR_SUM, BAR)
+        judged = "within seed noise of" if abs(gap) <= noise else ("above" if gap > 0 else "below")
+        lines.append(
+            f"- Not one of BAR's findings, barkit's own choice: the same BAR experts merged with barkit's default "
+            f"(shared tensors summed, router lr 2e-2) score {m[BAR_SUM]['overall']:.1f} overall, {judged} BAR's "
+            f"published merge ({m[BAR]['overall']:.1f})."
+        )
     return lines
 
 
