@@ -428,7 +428,7 @@ def bar_pipeline(ctx: Context, recipe: Recipe, prefix: str) -> BarRun:
     scoped = ScopedRunner(ctx.runner, prefix, recipe)
     run = BarRun()
     for name, spec in recipe.experts.items():
-        build_expert(scoped, name, spec, ctx.base)
+        build_expert(scoped, name, spec, ctx.base, progress=ctx.progress)
         folder = artifact_path(scoped, f"experts/{name}")
         run.stages[name] = {s.kind: folder / s.kind for s in spec.stages}
     run.merged = build_merge(scoped, run.experts, ctx.base)

@@ -60,18 +60,40 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except SystemExit as e:  # typer's own exits (--help)
         return int(e.code or 0)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+    except Exception as e:  # usage errors (unknown option, bad value) carry their own exit code
+        usage, exits, aborts = _click_exception_types()
+        if isinstance(e, usage):
+            e.show()  # type: ignore[attr-defined]
             return EXIT_USER_ERROR
-        if isinstance(e, click.exceptions.Exit):
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+        if isinstance(e, exits):
+            return int(getattr(e, "exit_code", 0) or 0)
+        if isinstance(e, aborts):
             return 130
         raise
     return 0
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, exits, aborts) of click and of the click that newer typers vendor as
+    ``typer._click``: which one raises depends on the installed typer, so both are caught."""
+    usage: list[type] = []
+    exits: list[type] = [typer.Exit]
+    aborts: list[type] = [typer.Abort]
+    try:
+        import click
+
+        usage.append(click.exceptions.ClickException)
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+    except ImportError:
+        pass
+    try:
+        from typer._click import exceptions as vendored  # typer >= 0.2x
+
+        usage.append(vendored.ClickException)
+    except ImportError:
+        pass
+    return tuple(usage), tuple(exits), tuple(aborts)
 
 
 if __name__ == "__main__":
