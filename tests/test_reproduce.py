@@ -204,3 +204,22 @@ def test_budget_overrides() -> None:
     budget = override_budget(FULL, preset="tiny", steps="sft=40, base=600", eval_limit=30)
     assert budget.preset == "tiny" and budget.steps["sft"] == 40 and budget.base_steps == 600
     assert budget.steps["rlvr"] == FULL.steps["rlvr"] and budget.eval_limit == 30
+
+
+def test_compute_per_seed_counts_steps_and_evaluations(run: tuple[Path, dict[str, Any], int]) -> None:
+    """The report's compute line sums every step that ran (per seed, the shared base apart) and
+    every evaluation file; a rerun that skips everything adds nothing."""
+    from barkit.reproduce import stage_seconds
+
+    out, results, _ = run
+    ledger = _ledger(out)
+    spent = stage_seconds(ledger, 1, out / "eval")
+    ran = sum(float(e.get("seconds", 0)) for e in ledger if e.get("ran") and e["step"].startswith("seed0."))
+    evals = sum(json.loads(f.read_text())["wall_time_s"] for f in (out / "eval" / "seed0").glob("*.json"))
+    assert spent["seed0"] == pytest.approx(ran + evals, abs=0.2)
+    assert ran > 0 and evals > 0
+    assert "shared" in spent and set(spent) == {"seed0", "shared"}
+    skipped = [{**e, "ran": False} for e in ledger]
+    assert stage_seconds(skipped, 1, out / "nowhere") == {"seed0": 0.0, "shared": 0.0}
+    assert "Training and evaluation time, from the ledger" in (out / "report.md").read_text()
+    assert results["base"]["fingerprint"] == read_manifest(out / "base")["fingerprint"]

@@ -211,4 +211,13 @@ def method_rows() -> Sequence[str]:
     return METHODS
 
 
-__all__ = ["FULL", "QUICK", "Budget", "ReproduceResult", "method_rows", "override_budget", "reproduce"]
+__all__ = [
+    "FULL",
+    "QUICK",
+    "Budget",
+    "ReproduceResult",
+    "method_rows",
+    "override_budget",
+    "reproduce",
+    "stage_seconds",
+]
