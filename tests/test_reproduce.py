@@ -223,3 +223,23 @@ def test_compute_per_seed_counts_steps_and_evaluations(run: tuple[Path, dict[str
     assert stage_seconds(skipped, 1, out / "nowhere") == {"seed0": 0.0, "shared": 0.0}
     assert "Training and evaluation time, from the ledger" in (out / "report.md").read_text()
     assert results["base"]["fingerprint"] == read_manifest(out / "base")["fingerprint"]
+
+
+def test_every_finding_has_a_verdict(run: tuple[Path, dict[str, Any], int]) -> None:
+    """Each of BAR's findings the issue lists gets a Reproduced / Not reproduced / Inconclusive line."""
+    out, _, _ = run
+    report = (out / "report.md").read_text()
+    verdicts = [line for line in report.splitlines() if line.startswith("- **")]
+    for claim in (
+        "above monolithic post-training",
+        "BTX scores below BAR",
+        "dense weight averaging fails after mid-training",
+        "embeddings and LM head trainable",
+        "RLVR reward stays flat",
+        "replacing code v1 with code v2",
+        "adding RL to the math expert",
+        "one expert fewer",
+        "mixing general data",
+        "update cost grows linearly",
+    ):
+        assert [v for v in verdicts if claim in v], claim

@@ -14,6 +14,7 @@ from barkit.reproduce.run import SeedModels
 from barkit.reproduce.summary import (
     COLUMNS,
     Noise,
+    ablation_findings,
     aggregate,
     copy_routing,
     cost_scaling,
@@ -210,11 +211,17 @@ def _upgrade_section(per_seed: PerSeed, seeds: int) -> list[str]:
     return [*lines, _table(per_seed, rows, COLUMNS, seeds, "model"), ""]
 
 
-def _cost_section(out: Path, recipe: Recipe, budget: Budget, inference: Mapping[str, Any]) -> list[str]:
+def _cost(out: Path, recipe: Recipe, budget: Budget) -> dict[str, Any]:
     from barkit.report import ledger_summary
 
     names = {spec.suite_domain(): name for name, spec in recipe.experts.items()}
-    cost = cost_scaling(ledger_summary(out), domain_plan(recipe), budget, names)
+    return cost_scaling(ledger_summary(out), domain_plan(recipe), budget, names)
+
+
+def _cost_section(out: Path, recipe: Recipe, budget: Budget, inference: Mapping[str, Any]) -> list[str]:
+    from barkit.report import ledger_summary
+
+    cost = _cost(out, recipe, budget)
     plot_cost(cost, out / "plots" / "cost_scaling.png")
     lines = ["## Cost of domain updates (tokens, from the ledger, seed 0)", ""]
     lines += [
@@ -282,6 +289,7 @@ def write_report(
         "## What the numbers say",
         "",
         *findings(mean_table, per_seed[0]["reward_curves"], seeds, noise),
+        *ablation_findings(per_seed, noise, _cost(out, recipe, budget)),
         "",
     ]
     if first.bar.routed is not None and copy_routing(first.bar.routed, out / "plots"):
