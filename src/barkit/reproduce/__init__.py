@@ -37,9 +37,9 @@ QUICK = Budget(
     preset="micro", steps={"midtrain": 2, "sft": 3, "rlvr": 1, "router": 2}, eval_limit=2, base_steps=None
 )
 # The full run: 3 seeds at the tiny preset. One seed trains about 9 midtrain, 27 sft, 16 rlvr
-# and 6 router-type stages across all methods, so SFT dominates. Measured 2026-12-02 with one
-# torch thread per process: 38-39 minutes per seed; with two --only-seed processes side by side
-# on the 2 cores, the 3 seeds took 78 minutes (one process for everything: about 2 hours). The
+# and 7 router-type stages across all methods, so SFT dominates. Measured 2026-12-03 with one
+# torch thread per process: 46-51 minutes per seed (the ledger's and eval files' seconds), two
+# --only-seed processes side by side on the 2 cores, then the third: about 100 minutes. The
 # base is the shipped one (barkit.shipped), as BAR starts from a released post-trained model;
 # without one the tiny base recipe is rebuilt first (hours). (An earlier version ran at micro
 # size because it had timed two 2-thread processes sharing the 2 cores, up to 20x slower.)
