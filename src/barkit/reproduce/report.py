@@ -70,7 +70,7 @@ def _budget_section(budget: Budget, results: Mapping[str, Any]) -> list[str]:
 
 def _base_line(budget: Budget, results: Mapping[str, Any]) -> str:
     base = results.get("base") or {}
-    what = f"trained for {budget.base_steps} steps" if budget.base_steps else "the shipped base"
+    what = f"trained for {budget.base_steps} steps" if budget.base_steps else "the preset's base recipe"
     if base.get("tokens"):
         what += f", {base['tokens'] / 1e6:.1f}M pre- and post-training tokens"
     if base.get("fingerprint"):
@@ -218,10 +218,9 @@ def _cost(out: Path, recipe: Recipe, budget: Budget) -> dict[str, Any]:
     return cost_scaling(ledger_summary(out), domain_plan(recipe), budget, names)
 
 
-def _cost_section(out: Path, recipe: Recipe, budget: Budget, inference: Mapping[str, Any]) -> list[str]:
+def _cost_section(out: Path, cost: Mapping[str, Any], inference: Mapping[str, Any]) -> list[str]:
     from barkit.report import ledger_summary
 
-    cost = _cost(out, recipe, budget)
     plot_cost(cost, out / "plots" / "cost_scaling.png")
     lines = ["## Cost of domain updates (tokens, from the ledger, seed 0)", ""]
     lines += [
@@ -284,19 +283,20 @@ def write_report(
     lines = ["# barkit reproduce: BAR against the alternatives on the micro-suite", ""]
     lines += _budget_section(budget, results)
     main, mean_table, noise = _main_section(per_seed, seeds, out)
+    cost = _cost(out, recipe, budget)
     lines += main
     lines += [
         "## What the numbers say",
         "",
         *findings(mean_table, per_seed[0]["reward_curves"], seeds, noise),
-        *ablation_findings(per_seed, noise, _cost(out, recipe, budget)),
+        *ablation_findings(per_seed, noise, cost),
         "",
     ]
     if first.bar.routed is not None and copy_routing(first.bar.routed, out / "plots"):
         lines += ["## Routing (BAR, seed 0)", "", "![routing heatmap](plots/routing.png)", ""]
     lines += _ablation_section(per_seed, seeds, out)
     lines += _upgrade_section(per_seed, seeds)
-    lines += _cost_section(out, recipe, budget, results["inference_cost"])
+    lines += _cost_section(out, cost, results["inference_cost"])
     lines += ["Raw numbers: `results.json`; every step's tokens and seconds: `ledger.jsonl`.", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))

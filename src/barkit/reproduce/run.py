@@ -74,8 +74,9 @@ def build_seed(
     """Every method, ablation and upgrade for one seed (each step skipped when up to date)."""
     ctx = Context(runner, base, budget, seed, domain_plan(recipe), progress).scoped(f"seed{seed}")
     models = SeedModels()
-    models.bar = bar_pipeline(ctx, budget_recipe(recipe, budget, seed), "bar")
-    bar_sum = _barkit_default_merge(ctx, budget_recipe(recipe, budget, seed), models.bar)
+    bar_recipe = budget_recipe(recipe, budget, seed)
+    models.bar = bar_pipeline(ctx, bar_recipe, "bar")
+    bar_sum = _barkit_default_merge(ctx, bar_recipe, models.bar)
     models.flex = bar_pipeline(ctx, budget_recipe(recipe, budget, seed, FROZEN), "flexolmo")
     with_mid, post_only = dense_experts(ctx, midtrain=True), dense_experts(ctx, midtrain=False)
     assert models.bar.routed is not None and models.flex.routed is not None

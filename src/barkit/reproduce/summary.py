@@ -268,11 +268,6 @@ def findings(
     return lines
 
 
-def _seed_mean(per_seed: Sequence[Mapping[str, Any]], get: Any) -> tuple[float, float]:
-    """Mean and std over seeds of ``get(seed_result)``."""
-    return mean_std([float(get(s)) for s in per_seed])
-
-
 def _within(gap: float, noise: float, claim: str, numbers: str, reason: str) -> str:
     """A finding that claims *no* difference: it holds when ``gap`` lies within ``noise``."""
     if abs(gap) <= noise:
@@ -291,8 +286,8 @@ def ablation_findings(
     lines: list[str] = []
     first = per_seed[0]
     for name in first.get("tool_frozen", {}):
-        unfrozen = _seed_mean(per_seed, lambda s, n=name: s["experts_alone"][n]["tool_use"])
-        frozen = _seed_mean(per_seed, lambda s, n=name: s["tool_frozen"][n]["tool_use"])
+        unfrozen = mean_std([s["experts_alone"][name]["tool_use"] for s in per_seed])
+        frozen = mean_std([s["tool_frozen"][name]["tool_use"] for s in per_seed])
         lines.append(
             _verdict(
                 unfrozen[0] - frozen[0],
@@ -309,8 +304,8 @@ def ablation_findings(
         def general(s: Mapping[str, Any], key: str) -> float:
             return statistics.fmean(s[key][n][c] for n in names for c in GENERAL)
 
-        mixed = _seed_mean(per_seed, lambda s: general(s, "sft_mixed"))
-        only = _seed_mean(per_seed, lambda s: general(s, "sft_domain_only"))
+        mixed = mean_std([general(s, "sft_mixed") for s in per_seed])
+        only = mean_std([general(s, "sft_domain_only") for s in per_seed])
         lines.append(
             _verdict(
                 mixed[0] - only[0],
@@ -321,8 +316,8 @@ def ablation_findings(
             )
         )
     if "top_k_minus_one" in first:
-        full = _seed_mean(per_seed, lambda s: s["methods"][BAR]["overall"])
-        fewer = _seed_mean(per_seed, lambda s: s["top_k_minus_one"]["overall"])
+        full = mean_std([s["methods"][BAR]["overall"] for s in per_seed])
+        fewer = mean_std([s["top_k_minus_one"]["overall"] for s in per_seed])
         lines.append(
             _within(
                 full[0] - fewer[0],
@@ -339,18 +334,12 @@ def ablation_findings(
     ):
         if label not in upgrades or before not in upgrades:
             continue
-        own = _seed_mean(
-            per_seed, lambda s, a=label, b=before, d=domain: s["upgrades"][a][d] - s["upgrades"][b][d]
-        )
-        others = [c for c in COLUMNS[:-1] if c != domain]
-        moved = max(
-            abs(
-                _seed_mean(
-                    per_seed, lambda s, a=label, b=before, c=c: s["upgrades"][a][c] - s["upgrades"][b][c]
-                )[0]
-            )
-            for c in others
-        )
+        change = {
+            c: mean_std([s["upgrades"][label][c] - s["upgrades"][before][c] for s in per_seed])
+            for c in COLUMNS[:-1]
+        }
+        own = change[domain]
+        moved = max(abs(v[0]) for c, v in change.items() if c != domain)
         alone = [
             statistics.fmean(float(s["experts_alone"][n][domain]) for s in per_seed)
             for n, v in first["experts_alone"].items()
