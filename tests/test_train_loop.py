@@ -165,6 +165,23 @@ def test_loop_lowers_loss_and_writes_metrics(tmp_path) -> None:
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
 
 
+def test_loop_trains_in_training_mode_and_restores_the_mode(tmp_path) -> None:
+    """A model arrives from from_pretrained in eval mode: its own dropout must still train."""
+    model = dense_model().eval()
+    cfg = StageConfig(kind="pretrain", steps=2, batch_size=2, seq_len=32)
+    objective = PackedObjective(random_rows(), cfg.batch_size, cfg.seed)
+    seen: list[bool] = []
+    real_loss = objective.loss
+
+    def loss(m, batch):  # type: ignore[no-untyped-def]
+        seen.append(m.training)
+        return real_loss(m, batch)
+
+    objective.loss = loss  # type: ignore[method-assign]
+    run_stage(model, None, cfg, objective, tmp_path, progress=False)
+    assert seen == [True, True] and not model.training
+
+
 def test_loop_logs_expert_fractions_for_moe(tmp_path) -> None:
     model = moe_model(experts=3, top_k=1)
     cfg = StageConfig(kind="midtrain", steps=3, batch_size=2, seq_len=32, aux_loss_coef=0.01)

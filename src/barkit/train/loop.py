@@ -334,6 +334,10 @@ def run_stage(
     if stage.main:
         _rewrite_metrics(out, stage.history)
     stage.started = time.perf_counter()
+    # from_pretrained hands models over in eval mode; a model's own dropout (or router jitter)
+    # belongs to training, as under transformers' Trainer. barkit's own models have neither.
+    was_training = model.training
+    model.train()
     bar = tqdm(total=cfg.steps, initial=stage.step, desc=cfg.kind, disable=not (progress and stage.main))
     while stage.step < cfg.steps:
         metrics = stage.train_step()
@@ -346,6 +350,7 @@ def run_stage(
         if on_step is not None:
             on_step(stage.step, metrics)
     bar.close()
+    model.train(was_training)
     stage.checkpoint()
     return _result(stage)
 
