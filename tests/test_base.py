@@ -128,3 +128,70 @@ def test_tokenizer_scheme_is_part_of_the_recipe(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err.strip()
     assert code == 2 and "bpe" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_arithmetic_rows_hold_only_train_triples(two_bases: tuple[Path, Path]) -> None:
+    """The base's arithmetic share: the asked share of the pool, no held-out triple in it."""
+    import re
+
+    from transformers import AutoTokenizer
+
+    from barkit.base import arithmetic_rows
+    from barkit.errors import BarkitError
+    from barkit.suite.math import apply, triple_split
+
+    tokenizer = AutoTokenizer.from_pretrained(two_bases[0])
+    rows = arithmetic_rows(tokenizer, 0.25, 30, 64, seed=0)
+    assert len(rows) == 10  # 10 / (30 + 10) = 0.25
+    text = " ".join(tokenizer.batch_decode(rows.input_ids, skip_special_tokens=True))
+    equations = re.findall(r"(\d+) ([+x-]) (\d+) = (\d+)\.", text)
+    assert len(equations) > 20
+    for a, op, b, c in equations:
+        assert triple_split(int(a), op, int(b)) == "train" and apply(int(a), op, int(b)) == int(c)
+    with pytest.raises(BarkitError, match="between 0 and 1"):
+        arithmetic_rows(tokenizer, 1.0, 30, 64, seed=0)
+
+
+def test_arithmetic_probe_reads_the_result_digits(two_bases: tuple[Path, Path]) -> None:
+    """A model that always predicts the right next token scores 100; one that never does, 0."""
+    from transformers import AutoTokenizer
+
+    from barkit.base import arithmetic_probe
+
+    tokenizer = AutoTokenizer.from_pretrained(two_bases[0])
+
+    class Oracle(torch.nn.Module):
+        """Logits peaked on the true next token of whatever it is given; ``shift`` spoils them."""
+
+        def __init__(self, shift: int) -> None:
+            super().__init__()
+            self.shift = shift
+
+        def forward(self, input_ids: torch.Tensor) -> object:
+            nxt = torch.roll(input_ids, -1, dims=1)
+            logits = torch.nn.functional.one_hot((nxt + self.shift) % len(tokenizer), len(tokenizer)).float()
+
+            class Out:
+                pass
+
+            out = Out()
+            out.logits = logits  # type: ignore[attr-defined]
+            return out
+
+    assert arithmetic_probe(Oracle(0), tokenizer, n=12) == 100.0
+    assert arithmetic_probe(Oracle(1), tokenizer, n=12) == 0.0
+
+
+def test_recipe_with_arithmetic_logs_its_probe(two_bases: tuple[Path, Path]) -> None:
+    from dataclasses import replace
+
+    from barkit.base_recipe import get_recipe
+
+    recipe = get_recipe("micro")
+    assert recipe.arithmetic > 0 and "arithmetic" in recipe.to_dict()
+    # absent at its default, so recipes without it keep their fingerprint
+    assert "arithmetic" not in replace(recipe, arithmetic=0.0).to_dict()
+    assert "arithmetic_post" not in replace(recipe, arithmetic_post=0.0).to_dict()
+    manifest = json.loads((two_bases[0] / "barkit.json").read_text())
+    assert manifest["data"]["arithmetic"] == [recipe.arithmetic, recipe.arithmetic_post]
+    assert all(0.0 <= point["arithmetic"] <= 100.0 for point in manifest["metrics"]["copy_probe"])

@@ -19,7 +19,9 @@ def main(out: Path, run: Path) -> None:
     lines = [
         "| option | " + " | ".join(CATEGORIES) + " | overall |",
         "|---|" + "---:|" * (len(CATEGORIES) + 1),
-        "| base | " + " | ".join(f"{base['scores'][c]:.0f}" for c in CATEGORIES) + f" | {base['overall']:.1f} |",
+        "| base | "
+        + " | ".join(f"{base['scores'][c]:.0f}" for c in CATEGORIES)
+        + f" | {base['overall']:.1f} |",
         "| expert alone (own domain) | "
         + " | ".join("" if c not in DOMAINS else f"{alone[c]:.0f}" for c in CATEGORIES)
         + " | |",

@@ -6,13 +6,16 @@ No weights can be downloaded here, so barkit builds one in two phases:
 1. **pre-training** (everything trainable) on the GENERAL categories' raw text and
    conversations, mixed with freshly generated copy documents (:mod:`barkit.copying`) whose
    share is annealed down over the phase, so that attention learns to copy early and the
-   model ends as a model of its general data;
+   model ends as a model of its general data; a recipe may add a fixed share of worked
+   arithmetic (train-split operand triples only), as an instruct model's pre-training has;
 2. **post-training**: SFT (loss on assistant tokens) on knowledge, reasoning and chat
-   conversations plus a small share of "repeat exactly" requests.
+   conversations plus a small share of "repeat exactly" requests (and of worked arithmetic,
+   loss on every token, when the recipe asks for it).
 
-The copy probe runs every ``probe_every`` steps of both phases; its curve lands in the
-manifest. The base is good at the general categories and poor at math, code, tool use and
-safety, which the domain experts then add. The tiny base is built once and shipped inside the
+The copy probe (and, when the recipe mixes in worked arithmetic, the arithmetic probe on
+held-out operand triples) runs every ``probe_every`` steps of both phases; its curve lands in
+the manifest. The base is good at the general categories and poor at the expert domains' formats
+(math word problems, code, tool use, safety), which the domain experts then add. The tiny base is built once and shipped inside the
 package (:mod:`barkit.shipped`); ``barkit base`` rebuilds it.
 
 Both phases checkpoint into a work folder beside the output and resume from it when the same
@@ -61,9 +64,12 @@ def _stage_config(phase: Phase, seed: int, checkpoint_every: int) -> Any:
 class _ProbeLog:
     """Runs the copy probe every ``every`` steps and appends it to ``probe.jsonl``."""
 
-    def __init__(self, model: Any, tokenizer: Any, folder: Path, phase: str, every: int, offset: int) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, folder: Path, phase: str, every: int, offset: int, arithmetic: bool
+    ) -> None:
         self.model, self.tokenizer, self.every = model, tokenizer, every
         self.path, self.phase, self.offset = folder / "probe.jsonl", phase, offset
+        self.arithmetic = arithmetic
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         if self.every and step % self.every == 0:
@@ -74,6 +80,8 @@ class _ProbeLog:
 
         probe = copy_probe(self.model, self.tokenizer, n=64, seed=1)
         line = {"phase": self.phase, "step": step, "total_step": self.offset + step, "copy": probe["copy"]}
+        if self.arithmetic:
+            line["arithmetic"] = arithmetic_probe(self.model, self.tokenizer)
         line["loss"] = loss
         with open(self.path, "a") as f:
             f.write(json.dumps(line) + "\n")
@@ -116,6 +124,65 @@ def _tokenizer(work: Path, recipe: BaseRecipe, vocab_size: int, seed: int) -> An
     return tokenizer
 
 
+def arithmetic_rows(tokenizer: Any, share: float, other_rows: int, seq_len: int, seed: int) -> Any:
+    """Packed rows of worked arithmetic, ``share`` of the pool once added to ``other_rows``.
+
+    The documents are the math category's raw text (sums, differences, times tables), which
+    holds only train-split operand triples: no test item's result is ever trained on.
+    """
+    from barkit.suite import get_category
+    from barkit.train.data import PackedData
+    from barkit.train.objectives import text_rows
+
+    if not 0.0 < share < 1.0:
+        raise BarkitError(f"the arithmetic share must lie strictly between 0 and 1, got {share}")
+    want = max(1, round(other_rows * share / (1.0 - share)))
+    math = get_category("math")
+    docs = want * 6  # a row of 256 tokens holds about four documents
+    rows = text_rows(tokenizer, math.text(docs, seed), seq_len)
+    while len(rows) < want:
+        docs *= 2
+        rows = text_rows(tokenizer, math.text(docs, seed), seq_len)
+    return PackedData(rows.input_ids[:want], rows.loss_mask[:want], rows.attention_mask[:want])
+
+
+def arithmetic_probe(model: Any, tokenizer: Any, n: int = 120, seed: int = 0) -> float:
+    """Share (in %) of held-out operand triples whose result the model completes exactly.
+
+    ``a op b =`` is given and the result and its full stop are read off the greedy next-token
+    choices (teacher-forced, which equals greedy decoding when every choice is right). The
+    triples are the math category's *test* split, so this measures the algorithm, not recall.
+    """
+    import random
+
+    import torch
+
+    from barkit.suite.math import OPS, apply, operands, triple_split
+
+    rng = random.Random(f"arithmetic-probe|{seed}")
+    triples: list[tuple[int, str, int]] = []
+    while len(triples) < n:
+        op = OPS[len(triples) % len(OPS)]
+        a, b = operands(rng, op)
+        if triple_split(a, op, b) == "test":
+            triples.append((a, op, b))
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    was_training = model.training
+    model.eval()
+    hits = 0
+    with torch.no_grad():
+        for a, op, b in triples:
+            prefix = bos + tokenizer(f"{a} {op} {b} =", add_special_tokens=False)["input_ids"]
+            full = (
+                bos + tokenizer(f"{a} {op} {b} = {apply(a, op, b)}.", add_special_tokens=False)["input_ids"]
+            )
+            ids = torch.tensor([full])
+            guess = model(input_ids=ids).logits[0, len(prefix) - 1 : len(full) - 1].argmax(-1)
+            hits += bool(torch.equal(guess, ids[0, len(prefix) :]))
+    model.train(was_training)
+    return round(100.0 * hits / n, 2)
+
+
 def _phase_objectives(
     tokenizer: Any, recipe: BaseRecipe, seed: int, cfgs: tuple[Any, Any]
 ) -> tuple[Callable[[], Any], Callable[[], Any]]:
@@ -123,13 +190,18 @@ def _phase_objectives(
 
     from barkit.copying import copy_conversation
     from barkit.train.curriculum import CopyCurriculumObjective
-    from barkit.train.objectives import SFTObjective, mixed_rows
+    from barkit.train.data import concat_packed
+    from barkit.train.objectives import SFTObjective, conversation_rows, mixed_rows
 
     texts, conversations = general_data(recipe, seed)
     pre, post = cfgs
 
     def pretrain() -> Any:
         rows = mixed_rows(tokenizer, texts, conversations, pre.seq_len)
+        if recipe.arithmetic:
+            rows = concat_packed(
+                [rows, arithmetic_rows(tokenizer, recipe.arithmetic, len(rows), pre.seq_len, seed)]
+            )
         return CopyCurriculumObjective(
             tokenizer,
             rows,
@@ -143,7 +215,11 @@ def _phase_objectives(
     def posttrain() -> Any:
         rng = random.Random(f"base-posttrain|{seed}")
         copies = [copy_conversation(rng) for _ in range(round(len(conversations) * recipe.copy_chat))]
-        return SFTObjective.from_conversations(tokenizer, post, conversations + copies)
+        if not recipe.arithmetic_post:
+            return SFTObjective.from_conversations(tokenizer, post, conversations + copies)
+        rows = conversation_rows(tokenizer, conversations + copies, post.seq_len)
+        sums = arithmetic_rows(tokenizer, recipe.arithmetic_post, len(rows), post.seq_len, seed + 1)
+        return SFTObjective(concat_packed([rows, sums]), post.batch_size, post.seed)
 
     return pretrain, posttrain
 
@@ -199,8 +275,9 @@ def train_base(
     objectives = _phase_objectives(tokenizer, recipe, seed, cfgs)
     results = []
     offset = 0
+    arithmetic = recipe.arithmetic > 0 or recipe.arithmetic_post > 0
     for name, cfg, objective in zip(("pretrain", "posttrain"), cfgs, objectives, strict=True):
-        probe = _ProbeLog(model, tokenizer, work, name, recipe.probe_every, offset)
+        probe = _ProbeLog(model, tokenizer, work, name, recipe.probe_every, offset, arithmetic)
         if name == "pretrain" and not (work / name).exists():
             probe.record(0, None)  # the curve starts at the untrained model
         result = run_stage(
@@ -217,7 +294,11 @@ def train_base(
         "recipe": recipe.to_dict(),
         "recipe_fingerprint": fingerprint,
         "suite_version": SUITE_VERSION,
-        "data": {"categories": list(GENERAL), "copy_curriculum": [recipe.copy_start, recipe.copy_end]},
+        "data": {
+            "categories": list(GENERAL),
+            "copy_curriculum": [recipe.copy_start, recipe.copy_end],
+            "arithmetic": [recipe.arithmetic, recipe.arithmetic_post],
+        },
         "tokens": sum(r.tokens for r in results),
         "seconds": round(time.perf_counter() - started, 2),
         "train_seconds": round(sum(r.seconds for r in results), 2),
@@ -236,6 +317,8 @@ def train_base(
     }
     if eval_limit:
         manifest["eval"] = _evaluate(model, tokenizer, eval_limit)
+        if arithmetic:
+            manifest["eval"]["arithmetic_probe"] = arithmetic_probe(model, tokenizer, n=300)
     curve = manifest["metrics"]["copy_probe"]
     written = save_model(model, tokenizer, out, manifest, extra=lambda d: plot_copy_curve(curve, d / PLOT))
     shutil.rmtree(work, ignore_errors=True)
@@ -250,15 +333,19 @@ def plot_copy_curve(curve: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for phase, style in (("pretrain", "-"), ("posttrain", "--")):
-        points = [p for p in curve if p["phase"] == phase]
-        xs, ys = [p["total_step"] for p in points], [p["copy"] for p in points]
-        ax.plot(xs, ys, style, marker=".", label=phase)
+    probes = [("copy", "copy", "C0")]
+    if any("arithmetic" in p for p in curve):
+        probes.append(("arithmetic", "arithmetic", "C1"))
+    for key, label, colour in probes:
+        for phase, style in (("pretrain", "-"), ("posttrain", "--")):
+            points = [p for p in curve if p["phase"] == phase and key in p]
+            xs, ys = [p["total_step"] for p in points], [p[key] for p in points]
+            ax.plot(xs, ys, style, color=colour, marker=".", label=f"{label}, {phase}")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("held-out spans copied exactly (%)")
+    ax.set_ylabel("held-out items exactly right (%)")
     ax.set_ylim(-2, 102)
     ax.legend(fontsize=8)
-    ax.set_title("Copy probe during the base's training")
+    ax.set_title("Probes during the base's training")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
