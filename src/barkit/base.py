@@ -62,7 +62,8 @@ def _stage_config(phase: Phase, seed: int, checkpoint_every: int) -> Any:
 
 
 class _ProbeLog:
-    """Runs the copy probe every ``every`` steps and appends it to ``probe.jsonl``."""
+    """Runs the copy probe (and the arithmetic probe, when asked) every ``every`` steps and
+    appends one line to ``probe.jsonl``."""
 
     def __init__(
         self, model: Any, tokenizer: Any, folder: Path, phase: str, every: int, offset: int, arithmetic: bool
