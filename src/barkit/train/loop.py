@@ -100,8 +100,7 @@ def enable_activation_checkpointing(model: Any) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    # transformers checkpoints only in training mode; barkit models have no dropout to switch on
-    model.train()
+    # transformers checkpoints only in training mode, which run_stage switches on for every stage
 
 
 # ----------------------------------------------------------------------------- checkpoints
