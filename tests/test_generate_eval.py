@@ -169,7 +169,9 @@ def test_eval_command_end_to_end(saved, tmp_path, capsys):
     folder, _ = saved
     out = tmp_path / "eval.json"
     args = [str(folder), "--out", str(out), "--categories", "knowledge,math,code", "--limit", "4"]
-    assert cli(["eval", *args, "--max-new-tokens", "16"]) == 0
+    assert cli(["eval", *args, "--max-new-tokens", "16", "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert "overall" in printed.out and "generate:" not in printed.err, "--no-progress draws no bar"
     data = json.loads(out.read_text())
     assert list(data["scores"]) == ["knowledge", "math", "code"]
     assert all(0.0 <= s <= 100.0 for s in data["scores"].values())
@@ -177,7 +179,6 @@ def test_eval_command_end_to_end(saved, tmp_path, capsys):
     assert data["model_fingerprint"] == read_manifest(folder)["fingerprint"]
     assert len(data["items"]) == 12
     assert {"category", "id", "prompt", "completion", "reference", "score"} <= set(data["items"][0])
-    assert "overall" in capsys.readouterr().out
     assert cli(["eval", str(folder), "--out", str(tmp_path / "x.json"), "--categories", "math,nope"]) == 2
     assert "unknown category 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()

@@ -143,12 +143,36 @@ def test_router_trains_on_the_recovered_model_with_the_domain_loss(run: Path) ->
     assert manifest["merge_inputs"] == read_manifest(run / "merged")["inputs"]
 
 
-def test_cli_recover_and_load_time_errors(run: Path, tmp_path: Path) -> None:
+def test_upgrade_replays_the_recorded_recovery_and_router(run: Path, tmp_path: Path) -> None:
+    """An upgrade of a routed model built with ``recover:`` and a domain-label router rebuilds it
+    the same way: the recovery and the router stage get the recorded configs back, and with no
+    expert replaced and the same thread count the result is the original, bit for bit."""
+    from barkit.upgrade import upgrade
+
+    torch.set_num_threads(1)
+    original = read_manifest(run / "routed")
+    assert original["recover_config"]["config"] == read_manifest(run / "recovered")["config"]
+    assert original["recover_config"]["sample"] == 0.05
+    upgraded = upgrade(run / "routed", {}, tmp_path / "up", progress=False)
+    assert upgraded["config"] == original["config"] and upgraded["config"]["domain_loss"] == 0.5
+    assert upgraded["recover_config"] == original["recover_config"]
+    before, after = _weights(run / "routed"), _weights(tmp_path / "up")
+    assert sorted(before) == sorted(after)
+    assert all(torch.equal(before[k], after[k]) for k in before), "the replay rebuilt another model"
+    assert not list(tmp_path.glob(".up.*")), "the intermediate merge and recovery are removed"
+    changed = upgrade(run / "routed", {}, tmp_path / "up2", steps=1, progress=False)
+    assert changed["config"]["stage"]["steps"] == 1
+
+
+def test_cli_recover_and_load_time_errors(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from barkit.cli import main
 
     out = tmp_path / "rec"
     args = ["recover", str(run / "merged"), "--out", str(out), "--preset", "micro", "--steps", "1"]
-    assert main([*args, "--lr", "1e-3", "--trainable", "norms"]) == 0
+    assert main([*args, "--lr", "1e-3", "--trainable", "norms", "--no-progress"]) == 0
+    assert "recover:" not in capsys.readouterr().err, "--no-progress draws no bar"
     moved = _moved(_weights(run / "merged"), _weights(out))
     assert moved and {LLAMA.tensor_group(n) for n in moved} == {"norms"}
     recipe = _recipe(run.parent / "base")

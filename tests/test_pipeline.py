@@ -223,3 +223,6 @@ def test_router_learning_rate_is_an_option(
     assert main(["route", str(run / "merged"), "--out", str(tmp_path / "o"), "--lr", "-1"]) == 2
     assert "optim.lr" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    argv = ["route", str(run / "merged"), "--out", str(tmp_path / "o"), "--preset", "micro", "--steps", "1"]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "router:" not in capsys.readouterr().err, "--no-progress draws no bar"

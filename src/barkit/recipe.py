@@ -363,11 +363,13 @@ def to_yaml(recipe: Recipe) -> str:
 
 def quick_variant(recipe: Recipe) -> Recipe:
     """The same recipe at micro size with a short evaluation (``--quick``: tests, smoke runs); the
-    router keeps its learning rate but takes the micro preset's step count."""
+    router and the recovery keep their learning rates but take the micro preset's step counts."""
+    recover = None if recipe.recover is None else recipe.recover.model_copy(update={"steps": None})
     return recipe.model_copy(
         update={
             "preset": "micro",
             "eval": EvalSpec(limit=8, categories=recipe.eval.categories),
+            "recover": recover,
             "route": recipe.route.model_copy(update={"steps": None}),
         }
     )

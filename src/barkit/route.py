@@ -165,6 +165,15 @@ def _samples(
     return router_sample_files(plan.data, sample), file_sample(plan.data, share, seed + 1), encode_chat
 
 
+def _recovery_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``{"recover_config": ...}`` when the router starts from a recovered merge (its stage
+    config and sample, which ``barkit upgrade`` replays), else nothing."""
+    if manifest.get("stage") != "recover":
+        return {}
+    sample = (manifest.get("data") or {}).get("sample")
+    return {"recover_config": {"config": manifest.get("config", {}), "sample": sample}}
+
+
 def route(
     merged_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -217,6 +226,7 @@ def route(
             "routing_fractions": fractions,
             "merge_inputs": manifest.get("merge_inputs", manifest.get("inputs", [])),
             "merge_config": manifest.get("merge_config", manifest.get("config", {})),
+            **_recovery_of(manifest),
         },
     )
     atomic_write_text(

@@ -1,7 +1,11 @@
 """Upgrade: replace one or more experts of a merged or routed model, re-merge, re-route.
 
 Only the replaced experts are new work; the others are taken from the folders the model was
-merged from (recorded in its manifests), and then only the router trains again.
+merged from (recorded in its manifests). A routed model's manifest also records how it was made
+after the merge: the optional recovery (barkit's default recipe trains attention and router
+there) and the router stage's config. Both are replayed as recorded, so the upgraded model is
+built the way the original was; ``sample``, ``seed``, ``preset`` and ``steps`` override the
+router's when given.
 """
 
 from __future__ import annotations
@@ -39,21 +43,35 @@ def parse_replacements(pairs: list[str]) -> dict[str, Path]:
     return out
 
 
+# Router-stage config fields that are not overrides (StageOverrides has every other field).
+_NOT_OVERRIDES = ("kind", "seed", "preset", "add_special_tokens", "data", "grpo")
+
+
+def _overrides(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded stage config as overrides: resolving them again gives the same config."""
+    return {k: v for k, v in config.items() if k not in _NOT_OVERRIDES}
+
+
 def upgrade(
     model_dir: str | os.PathLike[str],
     replace: Mapping[str, str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
     *,
-    sample: float = 0.05,
-    seed: int = 0,
-    preset: str = "tiny",
+    sample: float | None = None,
+    seed: int | None = None,
+    preset: str | None = None,
     steps: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Re-merge with ``replace`` (expert name -> new branch folder) and retrain the router."""
+    """Re-merge with ``replace`` (expert name -> new branch folder), replay the recorded recovery
+    and retrain the router (its recorded config, or the preset's for a merged model)."""
     from barkit.merge import merge
+    from barkit.recover import recover, recover_plan
     from barkit.route import route
+    from barkit.train.stage_data import ROUTER_SAMPLE, routed_categories
+    from barkit.train.stages import resolve_stage
 
+    source = read_manifest(Path(model_dir))
     inputs, config = merge_inputs(Path(model_dir))
     names = [str(i["domain"]) for i in inputs]
     unknown = sorted(set(replace) - set(names))
@@ -61,9 +79,23 @@ def upgrade(
         raise ConfigError(
             f"--replace {unknown[0]}: the model has no such expert; experts: {', '.join(names)}"
         )
+    routed = source.get("stage") == "route"
+    recorded: dict[str, Any] = dict(source.get("config") or {}) if routed else {}
+    if "data" in recorded:
+        raise ConfigError(
+            f"{model_dir}: its router was trained on your SFT files; upgrade it by running its recipe "
+            "again (barkit run), which rebuilds only the changed expert, the merge and the router"
+        )
+    preset = preset or str(recorded.get("preset") or "tiny")
+    # the recorded router stage, unless another preset is asked for (then that preset's router)
+    stage = dict(recorded.get("stage") or {}) if preset == recorded.get("preset") else {}
+    seed = int(recorded.get("seed", 0)) if seed is None else seed
+    sample = float(recorded.get("sample", ROUTER_SAMPLE)) if sample is None else sample
+    domain_loss = float(recorded.get("domain_loss", 0.0))
     dirs = [Path(replace[n]) if n in replace else Path(i["path"]) for n, i in zip(names, inputs, strict=True)]
     out = Path(out_dir)
     merged = out.parent / f".{out.name}.merged"
+    recovered = out.parent / f".{out.name}.recovered"
     merge(
         dirs,
         merged,
@@ -75,7 +107,24 @@ def upgrade(
         progress=progress,
     )
     try:
-        manifest = route(merged, out, sample=sample, seed=seed, preset=preset, steps=steps, progress=progress)
+        start = merged
+        recovery = source.get("recover_config")
+        if routed and recovery:
+            rc = dict(recovery["config"])
+            plan = recover_plan(
+                names, preset=str(rc["preset"]), steps=rc["steps"], seed=int(rc["seed"]), overrides=_overrides(rc)
+            )
+            share = float(recovery.get("sample") or ROUTER_SAMPLE)
+            recover(merged, recovered, sample=share, plan=plan, progress=progress)
+            start = recovered
+        if stage:
+            fields = _overrides(stage)
+            count = int(fields.pop("steps")) if steps is None else steps
+            router = resolve_stage("router", routed_categories(names), preset, count, seed, fields, on="merged")
+            manifest = route(start, out, sample=sample, plan=router, domain_loss=domain_loss, progress=progress)
+        else:
+            manifest = route(start, out, sample=sample, seed=seed, preset=preset, steps=steps, progress=progress)
     finally:
         shutil.rmtree(merged, ignore_errors=True)
+        shutil.rmtree(recovered, ignore_errors=True)
     return manifest

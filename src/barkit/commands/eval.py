@@ -46,6 +46,7 @@ def main(
         int,
         typer.Option("--copy-probe", help="Held-out spans for the in-prompt copy probe (0 = skip it)."),
     ] = 100,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Evaluate a model on the micro-suite's test split (or your --data file) and print the scores (0-100)."""
     from barkit.artifacts import require_model_dir
@@ -83,7 +84,7 @@ def main(
         keep_experts=keep,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
-        progress=True,
+        progress=progress,
         **chosen,
     )
     typer.echo(format_table({model.name or str(model): {**result["scores"], "overall": result["overall"]}}))

@@ -26,6 +26,7 @@ def main(
     preset: Annotated[str, typer.Option("--preset", help="micro|tiny|small: step counts")] = "tiny",
     steps: Annotated[int | None, typer.Option("--steps", help="override the preset's step count")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Recover shared tensors and router after a merge; experts and anchor stay bit-identical."""
     from barkit.artifacts import read_manifest
@@ -42,5 +43,5 @@ def main(
         overrides["trainable"] = [p.strip() for p in trainable.split(",") if p.strip()]
     domains = expert_domains(read_manifest(merged))
     plan = recover_plan(domains, preset=preset, steps=steps, seed=seed, overrides=overrides)
-    manifest = recover(merged, out, sample=sample, plan=plan, resume=resume)
+    manifest = recover(merged, out, sample=sample, plan=plan, resume=resume, progress=progress)
     print(f"recovered model: {out} (fingerprint {manifest['fingerprint']})")

@@ -26,6 +26,7 @@ def main(
         ),
     ] = 0.0,
     resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run")] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     data: Annotated[
         str | None,
         typer.Option(
@@ -63,5 +64,6 @@ def main(
         data=files,
         resume=resume,
         lr=lr,
+        progress=progress,
     )
     print(f"routed model: {out} (fingerprint {manifest['fingerprint']}); heatmap: {out}/routing.png")

@@ -31,7 +31,7 @@ from barkit.baselines import (
     stage_step,
     with_top_k,
 )
-from barkit.pipeline import Runner, build_merge, build_route
+from barkit.pipeline import Runner, build_merge, build_recover, build_route
 from barkit.recipe import Recipe, builtin_recipe
 from barkit.suite import CATEGORIES, GENERAL
 
@@ -50,7 +50,7 @@ BTS = "BTS"
 # BAR's experts merged and routed with barkit's default recipe instead of BAR's published settings
 # (shared tensors summed as task vectors, router at lr 2e-2; see the README): same experts, same
 # router budget, so the row isolates what the two measured deviations change.
-BAR_SUM = "BAR experts, barkit's default merge (sum, router lr 2e-2)"
+BAR_SUM = "BAR experts, barkit's default merge (sum, attention recovery, router lr 2e-2)"
 METHODS = (BAR, BAR_SUM, MONO_POST, MONO_MID, SEQUENTIAL, AVG_POST, AVG_MID, BTX, FLEXOLMO, BTS)
 FROZEN = ["expert", "router"]
 
@@ -98,18 +98,22 @@ def build_seed(
 
 
 def _barkit_default_merge(ctx: Context, recipe: Recipe, bar: BarRun) -> Path:
-    """BAR's experts merged and routed under ``bar_default/`` with the merge and router learning
-    rate of barkit's built-in default recipe (the router keeps the budget's steps and sample)."""
+    """BAR's experts merged, recovered and routed under ``bar_default/`` with the merge, the
+    recovery and the router learning rate of barkit's built-in default recipe (the router keeps
+    the budget's steps and sample; the recovery takes the router's step count)."""
     default = builtin_recipe("default")
+    recover = default.recover and default.recover.model_copy(update={"steps": recipe.route.steps})
     variant = recipe.model_copy(
         update={
             "merge": default.merge,
+            "recover": recover,
             "route": recipe.route.model_copy(update={"lr": default.route.lr}),
         }
     )
     scoped = ScopedRunner(ctx.runner, "bar_default", variant)
     merged = build_merge(scoped, bar.experts, ctx.base)
-    return build_route(scoped, merged)
+    recovered = build_recover(scoped, merged) if recover is not None else merged
+    return build_route(scoped, recovered)
 
 
 def _domain_step(
