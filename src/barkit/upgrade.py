@@ -112,7 +112,11 @@ def upgrade(
         if routed and recovery:
             rc = dict(recovery["config"])
             plan = recover_plan(
-                names, preset=str(rc["preset"]), steps=rc["steps"], seed=int(rc["seed"]), overrides=_overrides(rc)
+                names,
+                preset=str(rc["preset"]),
+                steps=rc["steps"],
+                seed=int(rc["seed"]),
+                overrides=_overrides(rc),
             )
             share = float(recovery.get("sample") or ROUTER_SAMPLE)
             recover(merged, recovered, sample=share, plan=plan, progress=progress)
@@ -120,10 +124,16 @@ def upgrade(
         if stage:
             fields = _overrides(stage)
             count = int(fields.pop("steps")) if steps is None else steps
-            router = resolve_stage("router", routed_categories(names), preset, count, seed, fields, on="merged")
-            manifest = route(start, out, sample=sample, plan=router, domain_loss=domain_loss, progress=progress)
+            router = resolve_stage(
+                "router", routed_categories(names), preset, count, seed, fields, on="merged"
+            )
+            manifest = route(
+                start, out, sample=sample, plan=router, domain_loss=domain_loss, progress=progress
+            )
         else:
-            manifest = route(start, out, sample=sample, seed=seed, preset=preset, steps=steps, progress=progress)
+            manifest = route(
+                start, out, sample=sample, seed=seed, preset=preset, steps=steps, progress=progress
+            )
     finally:
         shutil.rmtree(merged, ignore_errors=True)
         shutil.rmtree(recovered, ignore_errors=True)

@@ -15,7 +15,9 @@ def main(
     sample: Annotated[
         float | None, typer.Option("--sample", help="router sample share; default: as recorded (else 0.05)")
     ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="router seed; default: as recorded (else 0)")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", help="router seed; default: as recorded (else 0)")
+    ] = None,
     preset: Annotated[
         str | None, typer.Option("--preset", help="micro|tiny|small; default: as recorded (else tiny)")
     ] = None,

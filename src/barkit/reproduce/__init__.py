@@ -126,7 +126,7 @@ def reproduce(
     budget = budget or (QUICK if quick else FULL)
     recipe = builtin_recipe("default")
     # The reproduction measures BAR as published: shared tensors averaged, no recovery and the
-    # preset's router rate, not the default recipe's three measured deviations (sum, attention
+    # preset's router rate, not the default recipe's three measured deviations (sum, shared-tensor
     # recovery, router lr); the "barkit's default merge" row has them.
     recipe = recipe.model_copy(
         update={

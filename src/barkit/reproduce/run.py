@@ -50,7 +50,7 @@ BTS = "BTS"
 # BAR's experts merged and routed with barkit's default recipe instead of BAR's published settings
 # (shared tensors summed as task vectors, router at lr 2e-2; see the README): same experts, same
 # router budget, so the row isolates what the two measured deviations change.
-BAR_SUM = "BAR experts, barkit's default merge (sum, attention recovery, router lr 2e-2)"
+BAR_SUM = "BAR experts, barkit's default merge (sum, shared-tensor recovery, router lr 2e-2)"
 METHODS = (BAR, BAR_SUM, MONO_POST, MONO_MID, SEQUENTIAL, AVG_POST, AVG_MID, BTX, FLEXOLMO, BTS)
 FROZEN = ["expert", "router"]
 

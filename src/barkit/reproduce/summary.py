@@ -262,7 +262,7 @@ def findings(
         judged = "within seed noise of" if abs(gap) <= noise else ("above" if gap > 0 else "below")
         lines.append(
             f"- Not one of BAR's findings, barkit's own choice: the same BAR experts merged with barkit's default "
-            f"(shared tensors summed, attention and router recovered, router lr 2e-2) score {m[BAR_SUM]['overall']:.1f} overall, {judged} BAR's "
+            f"(shared tensors summed, then recovered with the router, router lr 2e-2) score {m[BAR_SUM]['overall']:.1f} overall, {judged} BAR's "
             f"published merge ({m[BAR]['overall']:.1f})."
         )
     return lines

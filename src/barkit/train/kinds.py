@@ -206,9 +206,9 @@ ROUTER = KindSpec(
 # low rate, on the router sample (all experts' SFT data plus general). Attention is left frozen by
 # default (add ``attention`` to ``trainable`` to train it). No weight decay: a short recovery must
 # not pull the averaged tensors towards zero. The default recipe (barkit/recipes/default.yaml)
-# trains attention and router at 1e-3 for 160 steps instead: measured on the demo's merge
-# (docs/results/README.md), that is what lets the router's decision reach the answer's first
-# token, while this kind's own defaults left every expert at 0 on the previous base.
+# adds attention and trains at 1e-3 for 160 steps on a 20% sample: measured on the demo's merge
+# (docs/results/README.md), attention is what lets the router's decision reach the answer's
+# first token, while this kind's own defaults left every expert at 0 on the previous base.
 RECOVER = KindSpec(
     "recover",
     order=35,
