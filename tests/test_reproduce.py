@@ -8,6 +8,8 @@ multi-domain stage, the cost arithmetic) are checked directly.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,10 +50,22 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[s
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = reproduce(out, quick=True, seeds=1, progress=False, log=lambda _: None)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            result = reproduce(out, quick=True, seeds=1, progress=False, log=lambda _: None)
+        _STDERR["first run"] = err.getvalue()
         yield out, result.results, len(_ledger(out))
     finally:
         torch.set_num_threads(threads)
+
+
+# what the fixture's run printed to stderr
+_STDERR: dict[str, str] = {}
+
+
+def test_no_progress_draws_no_bar(run: tuple[Path, dict[str, Any], int]) -> None:
+    """``progress=False`` reaches every training stage, the recovery and routers included."""
+    printed = _STDERR["first run"]
+    assert "it/s" not in printed and "s/it" not in printed, printed[-500:]
 
 
 def test_every_method_row_and_file_is_there(run: tuple[Path, dict[str, Any], int]) -> None:

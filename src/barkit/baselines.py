@@ -431,8 +431,8 @@ def bar_pipeline(ctx: Context, recipe: Recipe, prefix: str) -> BarRun:
         build_expert(scoped, name, spec, ctx.base, progress=ctx.progress)
         folder = artifact_path(scoped, f"experts/{name}")
         run.stages[name] = {s.kind: folder / s.kind for s in spec.stages}
-    run.merged = build_merge(scoped, run.experts, ctx.base)
-    run.routed = build_route(scoped, run.merged)
+    run.merged = build_merge(scoped, run.experts, ctx.base, progress=ctx.progress)
+    run.routed = build_route(scoped, run.merged, progress=ctx.progress)
     return run
 
 

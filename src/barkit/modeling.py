@@ -166,6 +166,9 @@ def save_model(
 
     ``extra(folder)`` writes further files (plots) into the folder before it appears.
     """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # transformers' per-shard bar: barkit shows its own progress
     if model.generation_config is None or model.generation_config.eos_token_id is None:
         model.generation_config = generation_config_for(tokenizer)
     with atomic_dir(out_dir) as tmp:

@@ -125,7 +125,7 @@ def _manifest_or_none(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def build_base(runner: Runner) -> Path:
+def build_base(runner: Runner, *, progress: bool = True) -> Path:
     recipe = runner.recipe
     if recipe.base.path is not None:
         path = Path(recipe.base.path)
@@ -152,7 +152,9 @@ def build_base(runner: Runner) -> Path:
         "base",
         cfg,
         [],
-        lambda p: train_base(p, arch=arch, preset=preset, steps=recipe.base.steps, seed=seed),
+        lambda p: train_base(
+            p, arch=arch, preset=preset, steps=recipe.base.steps, seed=seed, progress=progress
+        ),
     )
 
 
@@ -186,7 +188,7 @@ def build_expert(runner: Runner, name: str, spec: ExpertSpec, base: Path, *, pro
     return current
 
 
-def build_merge(runner: Runner, experts: dict[str, Path], base: Path) -> Path:
+def build_merge(runner: Runner, experts: dict[str, Path], base: Path, *, progress: bool = True) -> Path:
     from barkit.merge import needs_base
 
     spec = runner.recipe.merge
@@ -206,12 +208,13 @@ def build_merge(runner: Runner, experts: dict[str, Path], base: Path) -> Path:
             base_dir=base_dir,
             overrides=dict(spec.overrides),
             top_k=spec.top_k,
+            progress=progress,
         )
 
     return runner.step("merge", "merged", cfg, inputs, build)
 
 
-def build_recover(runner: Runner, merged: Path) -> Path:
+def build_recover(runner: Runner, merged: Path, *, progress: bool = True) -> Path:
     """The optional recovery of the merged model (recipe ``recover:``), keyed on its plan."""
     from barkit.recover import recover
 
@@ -226,11 +229,11 @@ def build_recover(runner: Runner, merged: Path) -> Path:
         "recovered",
         cfg,
         [merged],
-        lambda p: recover(merged, p, sample=spec.sample, plan=plan, resume=True),
+        lambda p: recover(merged, p, sample=spec.sample, plan=plan, resume=True, progress=progress),
     )
 
 
-def build_route(runner: Runner, merged: Path) -> Path:
+def build_route(runner: Runner, merged: Path, *, progress: bool = True) -> Path:
     """The router stage on the merged model, keyed on the plan it then runs."""
     from barkit.route import route, route_plan
 
@@ -253,7 +256,15 @@ def build_route(runner: Runner, merged: Path) -> Path:
         "routed",
         cfg,
         [merged],
-        lambda p: route(merged, p, sample=spec.sample, plan=plan, domain_loss=spec.domain_loss, resume=True),
+        lambda p: route(
+            merged,
+            p,
+            sample=spec.sample,
+            plan=plan,
+            domain_loss=spec.domain_loss,
+            resume=True,
+            progress=progress,
+        ),
     )
 
 

@@ -141,7 +141,7 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     runner = Runner(out, recipe, log)
-    base = build_base(runner)
+    base = build_base(runner, progress=progress)
     if only_seed is not None:
         models = build_seed(runner, base, recipe, budget, only_seed, progress)
         scores = evaluate_seed(out, only_seed, models, budget.eval_limit, log)

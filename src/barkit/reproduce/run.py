@@ -111,9 +111,9 @@ def _barkit_default_merge(ctx: Context, recipe: Recipe, bar: BarRun) -> Path:
         }
     )
     scoped = ScopedRunner(ctx.runner, "bar_default", variant)
-    merged = build_merge(scoped, bar.experts, ctx.base)
-    recovered = build_recover(scoped, merged) if recover is not None else merged
-    return build_route(scoped, recovered)
+    merged = build_merge(scoped, bar.experts, ctx.base, progress=ctx.progress)
+    recovered = build_recover(scoped, merged, progress=ctx.progress) if recover is not None else merged
+    return build_route(scoped, recovered, progress=ctx.progress)
 
 
 def _domain_step(
