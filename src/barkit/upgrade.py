@@ -43,7 +43,7 @@ def parse_replacements(pairs: list[str]) -> dict[str, Path]:
     return out
 
 
-# Router-stage config fields that are not overrides (StageOverrides has every other field).
+# Recorded stage-config fields that are not overrides (StageOverrides has every other field).
 _NOT_OVERRIDES = ("kind", "seed", "preset", "add_special_tokens", "data", "grpo")
 
 
