@@ -39,7 +39,17 @@ def _sandbox_dirs() -> set[str]:
     return {p.name for p in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*")}
 
 
-def test_normal_program_runs_and_returns_output():
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The sandbox's temp root for one test: other processes' sandboxes (a code RLVR stage running
+    beside the tests) create their folders in the shared temp dir, not here."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_normal_program_runs_and_returns_output(private_tmp: Path):
     before = _sandbox_dirs()
     result = run_python("import json\nprint(json.dumps({'sum': sum(range(5))}))", timeout_s=3)
     assert result.ok, result.reason
