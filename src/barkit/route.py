@@ -118,14 +118,16 @@ def route_plan(
     seed: int = 0,
     data: UserData | None = None,
     lr: float | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> StagePlan:
     """The router stage of a merged model: the router kind on a merged input, over its experts'
     domains and the general categories, or over the SFT files in ``data``. ``lr`` overrides the
-    preset's peak learning rate."""
+    preset's peak learning rate, ``overrides`` further StageConfig fields (a recorded config)."""
     from barkit.train.stages import resolve_stage
 
     domains = expert_domains(read_manifest(Path(merged_dir)))
-    overrides = None if lr is None else {"optim": {"lr": lr}}
+    if lr is not None:
+        overrides = {**(overrides or {}), "optim": {**(overrides or {}).get("optim", {}), "lr": lr}}
     if data is not None:
         return resolve_stage("router", domains, preset, steps, seed, overrides, on="merged", data=data)
     return resolve_stage("router", routed_categories(domains), preset, steps, seed, overrides, on="merged")

@@ -67,9 +67,8 @@ def upgrade(
     and retrain the router (its recorded config, or the preset's for a merged model)."""
     from barkit.merge import merge
     from barkit.recover import recover, recover_plan
-    from barkit.route import route
-    from barkit.train.stage_data import ROUTER_SAMPLE, routed_categories
-    from barkit.train.stages import resolve_stage
+    from barkit.route import route, route_plan
+    from barkit.train.stage_data import ROUTER_SAMPLE
 
     source = read_manifest(Path(model_dir))
     inputs, config = merge_inputs(Path(model_dir))
@@ -109,7 +108,7 @@ def upgrade(
     try:
         start = merged
         recovery = source.get("recover_config")
-        if routed and recovery:
+        if recovery:
             rc = dict(recovery["config"])
             plan = recover_plan(
                 names,
@@ -121,19 +120,11 @@ def upgrade(
             share = float(recovery.get("sample") or ROUTER_SAMPLE)
             recover(merged, recovered, sample=share, plan=plan, progress=progress)
             start = recovered
-        if stage:
-            fields = _overrides(stage)
-            count = int(fields.pop("steps")) if steps is None else steps
-            router = resolve_stage(
-                "router", routed_categories(names), preset, count, seed, fields, on="merged"
-            )
-            manifest = route(
-                start, out, sample=sample, plan=router, domain_loss=domain_loss, progress=progress
-            )
-        else:
-            manifest = route(
-                start, out, sample=sample, seed=seed, preset=preset, steps=steps, progress=progress
-            )
+        fields = _overrides(stage)
+        recorded_steps = fields.pop("steps", None)
+        count = recorded_steps if steps is None else steps
+        router = route_plan(start, preset=preset, steps=count, seed=seed, overrides=fields)
+        manifest = route(start, out, sample=sample, plan=router, domain_loss=domain_loss, progress=progress)
     finally:
         shutil.rmtree(merged, ignore_errors=True)
         shutil.rmtree(recovered, ignore_errors=True)
