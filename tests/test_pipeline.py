@@ -226,3 +226,44 @@ def test_router_learning_rate_is_an_option(
     argv = ["route", str(run / "merged"), "--out", str(tmp_path / "o"), "--preset", "micro", "--steps", "1"]
     assert main([*argv, "--no-progress"]) == 0
     assert "router:" not in capsys.readouterr().err, "--no-progress draws no bar"
+
+
+def test_two_runners_never_build_the_same_step_at_once(tmp_path: Path) -> None:
+    """A second process (here a thread with its own lock handle) waits for a step another one
+    is building, then finds it up to date instead of building it again."""
+    import threading
+
+    from barkit.pipeline import Runner
+
+    recipe = parse_recipe(RECIPE, "test")
+    started, release = threading.Event(), threading.Event()
+    builds: list[str] = []
+    logs: list[str] = []
+
+    def build(path: Path) -> None:
+        builds.append(threading.current_thread().name)
+        started.set()
+        assert release.wait(10)
+        path.mkdir(parents=True)
+        (path / "barkit.json").write_text(json.dumps({"kind": "test", "fingerprint": "abc"}))
+
+    def run_step() -> None:
+        Runner(tmp_path, recipe, logs.append).step("s", "x/step", {"a": 1}, [], build)
+
+    first = threading.Thread(target=run_step, name="first")
+    first.start()
+    assert started.wait(10)
+    second = threading.Thread(target=run_step, name="second")
+    second.start()
+    for _ in range(200):  # until the second one reports that it waits
+        if any(line.startswith("[wait] s") for line in logs):
+            break
+        threading.Event().wait(0.01)
+    assert any(line.startswith("[wait] s") for line in logs), logs
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert builds == ["first"], logs
+    assert any(line.startswith("[skip] s") for line in logs), logs
+    ledger = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert [row["ran"] for row in ledger] == [True, False]

@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,35 @@ def require_model_dir(folder: str | os.PathLike[str]) -> Path:
     if not any(p.name.endswith(".safetensors") for p in folder.iterdir()):
         raise ArtifactError(f"{folder}: no safetensors weights")
     return folder
+
+
+@contextlib.contextmanager
+def step_lock(folder: str | os.PathLike[str], on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on building ``folder`` (a hidden ``.NAME.lock`` file beside it).
+
+    Two processes sharing a run folder (one per seed, or a second one started in a different
+    order) then never build the same step at once: the second waits, and finds it up to date.
+    The lock is advisory (``flock``) and released when the holder exits, crashed or not. Where
+    the platform has no ``flock`` it does nothing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    final = Path(folder)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def append_ledger(run_dir: str | os.PathLike[str], entry: dict[str, Any]) -> None:

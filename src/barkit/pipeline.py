@@ -29,6 +29,7 @@ from barkit.artifacts import (
     atomic_write_text,
     config_fingerprint,
     read_manifest,
+    step_lock,
 )
 from barkit.errors import ConfigError
 from barkit.recipe import ExpertSpec, Recipe
@@ -83,37 +84,38 @@ class Runner:
         path = self.out / rel
         keyed = {"config": config, "suite_version": SUITE_VERSION}
         key = config_fingerprint(keyed, [read_manifest(p).get("fingerprint") for p in inputs])
+        with step_lock(path, lambda: self.log(f"[wait] {name}: another process is building {path}")):
+            outcome = self._build_or_skip(name, path, key, build)
+            append_ledger(
+                self.out,
+                {
+                    "step": name,
+                    "path": rel,
+                    "ran": outcome.ran,
+                    "key": key,
+                    "fingerprint": outcome.fingerprint,
+                    "tokens": outcome.tokens,
+                    "seconds": round(outcome.seconds, 3),
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
+        self.outcomes.append(outcome)
+        return path
+
+    def _build_or_skip(self, name: str, path: Path, key: str, build: Callable[[Path], Any]) -> StepOutcome:
         manifest = _manifest_or_none(path)
         if manifest is not None and manifest.get("recipe_key") == key:
             self.log(f"[skip] {name}: up to date ({path})")
-            outcome = StepOutcome(name, path, str(manifest.get("fingerprint")), ran=False)
-        else:
-            self.log(f"[run ] {name} -> {path}")
-            start = time.perf_counter()
-            build(path)
-            seconds = time.perf_counter() - start
-            manifest = read_manifest(path)
-            manifest["recipe_key"] = key
-            atomic_write_text(
-                path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n"
-            )
-            tokens = int(manifest.get("tokens", 0) or 0)
-            outcome = StepOutcome(name, path, str(manifest.get("fingerprint")), True, tokens, seconds)
-        append_ledger(
-            self.out,
-            {
-                "step": name,
-                "path": rel,
-                "ran": outcome.ran,
-                "key": key,
-                "fingerprint": outcome.fingerprint,
-                "tokens": outcome.tokens,
-                "seconds": round(outcome.seconds, 3),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            },
-        )
-        self.outcomes.append(outcome)
-        return path
+            return StepOutcome(name, path, str(manifest.get("fingerprint")), ran=False)
+        self.log(f"[run ] {name} -> {path}")
+        start = time.perf_counter()
+        build(path)
+        seconds = time.perf_counter() - start
+        manifest = read_manifest(path)
+        manifest["recipe_key"] = key
+        atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+        tokens = int(manifest.get("tokens", 0) or 0)
+        return StepOutcome(name, path, str(manifest.get("fingerprint")), True, tokens, seconds)
 
 
 def _manifest_or_none(path: Path) -> dict[str, Any] | None:
