@@ -40,7 +40,8 @@ def main(
         typer.Option(
             "--only-seed",
             help="Build and evaluate this seed only, no report: run one process per seed (start the "
-            "others once OUT/base exists), then once without it to write the report.",
+            "others once OUT/base exists), then once without it to write the report. Processes sharing OUT "
+            "lock each step, so none builds what another is building.",
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars of the training stages.")] = True,
