@@ -184,6 +184,26 @@ def test_eval_command_end_to_end(saved, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_eval_train_split_is_a_labelled_fit_check(saved, tmp_path, capsys):
+    """--split train scores training items (ids say so), prints that it is no score, and a bad
+    split or a split with --data is one error line and exit 2."""
+    folder, _ = saved
+    out = tmp_path / "fit.json"
+    args = ["eval", str(folder), "--categories", "math", "--limit", "3", "--split", "train"]
+    assert cli([*args, "--max-new-tokens", "8", "--copy-probe", "0", "--no-progress", "--out", str(out)]) == 0
+    assert "fit check" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["settings"]["split"] == "train"
+    assert all(item["id"].startswith("math-train-") for item in data["items"]), data["items"][0]["id"]
+    assert cli(["eval", str(folder), "--split", "dev", "--out", str(tmp_path / "bad.json")]) == 2
+    assert "--split dev" in capsys.readouterr().err
+    data_file = tmp_path / "d.jsonl"
+    data_file.write_text(json.dumps({"prompt": "1+1", "answer": "2"}) + "\n")
+    bad = ["eval", str(folder), "--data", str(data_file), "--verifier", "exact", "--split", "train"]
+    assert cli(bad) == 2
+    assert not (tmp_path / "bad.json").exists()
+
+
 def test_scores_follow_completions_through_batching(saved, tok, monkeypatch):
     """With completions equal to the references, every category scores 100: prompts, completions
     and items stay aligned although generation reorders prompts by length."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from barkit.errors import BarkitError
 from barkit.suite import CATEGORIES, Item, get_category
+from barkit.suite.base import SPLITS, Split
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -73,11 +74,11 @@ def resolve_categories(categories: Sequence[str] | str | None) -> list[str]:
     return names
 
 
-def _test_items(name: str, limit: int, seed: int) -> list[Item]:
-    """``limit`` test items, or all of them when the category's test split is smaller."""
+def _split_items(name: str, split: Split, limit: int, seed: int) -> list[Item]:
+    """``limit`` items of ``split``, or all of them when the category's split is smaller."""
     category = get_category(name)
-    capacity = category.capacity("test")
-    return category.items("test", limit if capacity is None else min(limit, capacity), seed)
+    capacity = category.capacity(split)
+    return category.items(split, limit if capacity is None else min(limit, capacity), seed)
 
 
 def _score_items(items: Sequence[Item], completions: Sequence[str], progress: bool) -> list[ItemResult]:
@@ -111,11 +112,15 @@ def evaluate(
     limit: int = DEFAULT_LIMIT,
     *,
     seed: int = 0,
+    split: Split = "test",
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` on ``limit`` test items of each category.
+
+    ``split="train"`` scores training items instead: a fit check, not a result. A model that
+    scores well on train items and not on test items memorised; one that fails both underfits.
 
     All categories' prompts go through one generation pass, so batches are filled across
     categories (prompts are grouped by length inside :func:`barkit.generate.generate`).
@@ -125,7 +130,9 @@ def evaluate(
     if limit < 1:
         raise BarkitError(f"--limit must be at least 1 (got {limit})")
     names = resolve_categories(categories)
-    items = [item for name in names for item in _test_items(name, limit, seed)]
+    if split not in SPLITS:
+        raise BarkitError(f"split {split!r}: choose train or test")
+    items = [item for name in names for item in _split_items(name, split, limit, seed)]
     start = time.perf_counter()
     completions = generate(
         model,
@@ -143,6 +150,7 @@ def evaluate(
         "limit": limit,
         "items_per_category": {name: sum(r.category == name for r in results) for name in names},
         "seed": seed,
+        "split": split,
         "max_new_tokens": max_new_tokens,
         "seconds": round(time.perf_counter() - start, 2),
     }

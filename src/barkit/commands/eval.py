@@ -22,6 +22,14 @@ def main(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts decoded together.")] = 16,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Tokens to generate at most.")] = 64,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the test items drawn.")] = 0,
+    split: Annotated[
+        str,
+        typer.Option(
+            "--split",
+            help="test (the scores), or train: a fit check that tells memorising (train high, test "
+            "low) from underfitting (both low).",
+        ),
+    ] = "test",
     experts: Annotated[
         str | None,
         typer.Option("--experts", help="MoE: comma-separated experts to keep switched on (default: all)."),
@@ -56,6 +64,8 @@ def main(
     # Cheap checks first, so that a typo fails before the weights load.
     folder = require_model_dir(model)
     if data is not None:
+        if split != "test":
+            raise ConfigError("--split applies to the micro-suite; --data evaluates your file")
         from barkit.userdata import detect_format
         from barkit.verifiers import get_verifier
 
@@ -67,10 +77,13 @@ def main(
         get_verifier(verifier)
         chosen: dict[str, Any] = {"data": data, "verifier": verifier, "limit": limit, "copy_items": 0}
     else:
+        if split not in ("train", "test"):
+            raise ConfigError(f"--split {split}: choose train or test")
         chosen = {
             "categories": resolve_categories(categories),
             "limit": limit or DEFAULT_LIMIT,
             "seed": seed,
+            "split": split,
             "copy_items": copy_items,
         }
     keep = None
@@ -88,6 +101,8 @@ def main(
         **chosen,
     )
     typer.echo(format_table({model.name or str(model): {**result["scores"], "overall": result["overall"]}}))
+    if split == "train":
+        typer.echo("(train split: a fit check of what the model was trained on, not a score)")
     if "copy_probe" in result:
         probe = result["copy_probe"]
         typer.echo(f"copy probe: {probe['copy']:.1f}% of {probe['items']} held-out spans repeated exactly")
