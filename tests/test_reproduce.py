@@ -257,3 +257,26 @@ def test_every_finding_has_a_verdict(run: tuple[Path, dict[str, Any], int]) -> N
         "update cost grows linearly",
     ):
         assert [v for v in verdicts if claim in v], claim
+
+
+def test_upgrade_verdict_names_the_merge_when_the_expert_is_lost_in_it() -> None:
+    """An upgraded expert that scores well alone but not in the routed model: the verdict gives the
+    measured cause (the merge), not a candidate about the expert's own score."""
+    from barkit.reproduce.summary import Noise, ablation_findings
+    from barkit.suite import CATEGORIES
+
+    def row(**scores: float) -> dict[str, float]:
+        return {c: scores.get(c, 0.0) for c in CATEGORIES}
+
+    def seed(code_alone: float, code_routed: float) -> dict[str, Any]:
+        return {
+            "experts_alone": {"code": {"code": code_alone}, "math": {"math": 40.0}},
+            "upgrades": {"start": row(), "code_v2": row(code=code_routed), "math_rl": row(code=code_routed)},
+        }
+
+    lost = ablation_findings([seed(30.0, 0.0), seed(32.0, 0.0)], Noise(1.0, 1.0), None)
+    line = next(v for v in lost if "code v1 with code v2" in v)
+    assert "Measured cause" in line and "scores 0.0 in code" in line, line
+    kept = ablation_findings([seed(2.0, 0.0), seed(4.0, 0.0)], Noise(1.0, 1.0), None)
+    line = next(v for v in kept if "code v1 with code v2" in v)
+    assert "Candidate reason" in line and "little or no gain" in line, line

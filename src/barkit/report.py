@@ -158,18 +158,19 @@ def plot_scores(table: Mapping[str, Scores], columns: Sequence[str], path: Path)
 
     labels = list(table)
     width = 0.8 / max(len(labels), 1)
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(columns)), 4.2))
+    rows = -(-len(labels) // 2)  # legend rows, below the bars so that it hides none of them
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(columns)), 4.2 + 0.2 * rows))
     for i, label in enumerate(labels):
         xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(columns))]
         ax.bar(xs, [table[label].get(c, 0.0) for c in columns], width, label=label)
     ax.set_xticks(range(len(columns)), labels=list(columns))
     ax.set_ylabel("score (0-100)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
     ax.set_title("Micro-suite scores per category")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -27,7 +27,7 @@ from barkit.reproduce.run import (
     MONO_MID,
     MONO_POST,
 )
-from barkit.suite import CATEGORIES, GENERAL
+from barkit.suite import CATEGORIES, DOMAINS, GENERAL
 from barkit.train.kinds import recipe_kinds
 
 COLUMNS = [*CATEGORIES, "overall"]
@@ -171,13 +171,19 @@ def _gap(m: Mapping[str, Mapping[str, float]], a: str, b: str, col: str = "overa
     return m[a][col] - m[b][col]
 
 
-def _verdict(gap: float, noise: float, claim: str, numbers: str, reason: str) -> str:
-    """``gap`` > 0 means the finding holds; within ``noise`` of 0 the run cannot tell."""
+def _verdict(
+    gap: float, noise: float, claim: str, numbers: str, reason: str, *, measured: bool = False
+) -> str:
+    """``gap`` > 0 means the finding holds; within ``noise`` of 0 the run cannot tell.
+
+    ``measured``: ``reason`` is read off this run's own tables, not a candidate.
+    """
+    why = "Measured cause, from this run's tables" if measured else "Candidate reason, not tested by this run"
     if abs(gap) <= noise:
-        return f"- **Inconclusive** (difference within seed noise): {claim} ({numbers}). Candidate reason, not tested by this run: {reason}"
+        return f"- **Inconclusive** (difference within seed noise): {claim} ({numbers}). {why}: {reason}"
     if gap > 0:
         return f"- **Reproduced**: {claim} ({numbers})."
-    return f"- **Not reproduced**: {claim} ({numbers}). Candidate reason, not tested by this run: {reason}"
+    return f"- **Not reproduced**: {claim} ({numbers}). {why}: {reason}"
 
 
 def findings(
@@ -263,7 +269,9 @@ def findings(
         lines.append(
             f"- Not one of BAR's findings, barkit's own choice: the same BAR experts merged with barkit's default "
             f"(shared tensors summed, then recovered with the router, router lr 2e-2) score {m[BAR_SUM]['overall']:.1f} overall, {judged} BAR's "
-            f"published merge ({m[BAR]['overall']:.1f})."
+            f"published merge ({m[BAR]['overall']:.1f}). In the expert domains: "
+            + ", ".join(f"{d} {m[BAR_SUM][d]:.1f} vs {m[BAR][d]:.1f}" for d in DOMAINS if d in m[BAR])
+            + ". Its recovery and router run the router budget's steps here, not the demo's 160."
         )
     return lines
 
@@ -345,15 +353,28 @@ def ablation_findings(
             for n, v in first["experts_alone"].items()
             if domain in v
         ]
+        solo = alone[0] if alone else math.nan
+        kept = statistics.fmean(float(s["upgrades"][label][domain]) for s in per_seed)
+        lost_in_merge = solo >= 10 and kept < 0.5 * solo
+        if lost_in_merge:
+            reason = (
+                f"the upgraded {domain} expert scores {solo:.1f} alone, but the upgraded routed model "
+                f"scores {kept:.1f} in {domain}: BAR's merge and router lose most of the expert's skill "
+                "(the merging-costs table), so the upgrade has little to carry into the merged model."
+            )
+        else:
+            reason = (
+                f"the upgraded {domain} expert scores {solo:.1f} alone at this budget, so there is little or "
+                "no gain to carry into the merged model; the upgrade table shows the other domains."
+            )
         lines.append(
             _verdict(
                 own[0],
                 2 * own[1],
                 f"{what} raises {domain} in the merged model while the other domains stay put",
                 f"{domain} {own[0]:+.1f}; largest change elsewhere {moved:.1f}",
-                f"the upgraded {domain} expert scores {alone[0] if alone else math.nan:.1f} alone at this budget, "
-                "so there is little or no gain to carry into the merged model; the upgrade table shows the other "
-                "domains.",
+                reason,
+                measured=lost_in_merge,
             )
         )
     if cost and cost.get("bar") and cost.get("monolithic"):
