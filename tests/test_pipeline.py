@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -267,3 +268,26 @@ def test_two_runners_never_build_the_same_step_at_once(tmp_path: Path) -> None:
     assert any(line.startswith("[skip] s") for line in logs), logs
     ledger = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
     assert [row["ran"] for row in ledger] == [True, False]
+
+
+def test_experts_at_once_start_longest_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker pool gets the longest expert first; the paths and outcomes come back by name
+    and in recipe order."""
+    import barkit.jobs
+    from barkit.pipeline import Runner, _build_experts_at_once
+
+    recipe_dict = json.loads(json.dumps(RECIPE))
+    recipe_dict["experts"]["tool_use"]["stages"][0]["steps"] = 30  # ten times math's
+    recipe = parse_recipe(recipe_dict, "test")
+    submitted: list[str] = []
+
+    def fake(fn: Any, calls: list[tuple[Any, ...]], jobs: int, *, desc: str) -> list[Any]:
+        submitted.extend(call[2] for call in calls)
+        return [(tmp_path / call[2], []) for call in calls]
+
+    monkeypatch.setattr(barkit.jobs, "run_at_once", fake)
+    paths = _build_experts_at_once(
+        Runner(tmp_path, recipe, lambda _: None), ["math", "tool_use"], tmp_path, 2
+    )
+    assert submitted == ["tool_use", "math"]
+    assert list(paths) == ["math", "tool_use"] and paths["math"] == tmp_path / "math"

@@ -316,19 +316,39 @@ def _expert_job(recipe: Recipe, out: str, name: str, base: str) -> tuple[Path, l
 
 
 def _build_experts_at_once(runner: Runner, names: list[str], base: Path, jobs: int) -> dict[str, Path]:
-    """Each expert's pipeline in its own process, ``jobs`` at a time (:mod:`barkit.jobs`)."""
+    """Each expert's pipeline in its own process, ``jobs`` at a time (:mod:`barkit.jobs`).
+
+    The longest experts start first (estimated from their stages' token counts), so a long
+    one does not start last and leave the other workers idle; each expert's result does not
+    depend on the order.
+    """
     from barkit.jobs import run_at_once, threads_per_job
 
     jobs = min(jobs, len(names))
     runner.log(f"building {len(names)} experts, {jobs} at once, {threads_per_job(jobs)} torch thread(s) each")
-    calls = [(runner.recipe, str(runner.out), name, str(base)) for name in names]
+    order = sorted(names, key=lambda name: -_expert_cost(runner.recipe, name))
+    calls = [(runner.recipe, str(runner.out), name, str(base)) for name in order]
+    done = dict(zip(order, run_at_once(_expert_job, calls, jobs, desc="experts"), strict=True))
     paths: dict[str, Path] = {}
-    for name, (path, outcomes) in zip(
-        names, run_at_once(_expert_job, calls, jobs, desc="experts"), strict=True
-    ):
-        paths[name] = path
-        runner.outcomes.extend(outcomes)  # in recipe order, whatever order they finished in
+    for name in names:  # in recipe order, whatever order they ran and finished in
+        paths[name], outcomes = done[name]
+        runner.outcomes.extend(outcomes)
     return paths
+
+
+# An RL step samples completions before it trains: per token it costs a few SFT steps' worth.
+_RL_COST = 4.0
+
+
+def _expert_cost(recipe: Recipe, name: str) -> float:
+    """Tokens an expert's stages train on (RL weighted by :data:`_RL_COST`): a scheduling estimate."""
+    spec = recipe.experts[name]
+    total = 0.0
+    for stage in spec.stages:
+        cfg = stage.plan(spec.label(name), recipe.preset, recipe.seed).cfg
+        tokens = float(cfg.steps * cfg.batch_size * cfg.grad_accum * cfg.seq_len)
+        total += tokens * (_RL_COST if stage.kind == "rlvr" else 1.0)
+    return total
 
 
 def _select(recipe: Recipe, only: str | None) -> list[str]:
