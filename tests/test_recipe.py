@@ -41,8 +41,13 @@ def test_default_recipe_follows_bar() -> None:
 
 
 def test_quick_variant_is_micro() -> None:
-    quick = quick_variant(builtin_recipe())
-    assert quick.preset == "micro" and quick.experts == builtin_recipe().experts
+    full = builtin_recipe()
+    quick = quick_variant(full)
+    assert quick.preset == "micro" and list(quick.experts) == list(full.experts)
+    for name, spec in quick.experts.items():  # the micro preset's step counts, all else as it was
+        assert [s.steps for s in spec.stages] == [None] * len(spec.stages)
+        assert [s.model_copy(update={"steps": None}) for s in full.experts[name].stages] == spec.stages
+    assert any(s.steps for spec in full.experts.values() for s in spec.stages), "the test needs one set"
     assert quick.route.steps is None and quick.route.lr == builtin_recipe().route.lr
 
 

@@ -363,11 +363,17 @@ def to_yaml(recipe: Recipe) -> str:
 
 def quick_variant(recipe: Recipe) -> Recipe:
     """The same recipe at micro size with a short evaluation (``--quick``: tests, smoke runs); the
-    router and the recovery keep their learning rates but take the micro preset's step counts."""
+    experts' stages, the router and the recovery keep their learning rates but take the micro
+    preset's step counts."""
     recover = None if recipe.recover is None else recipe.recover.model_copy(update={"steps": None})
+    experts = {
+        name: spec.model_copy(update={"stages": [s.model_copy(update={"steps": None}) for s in spec.stages]})
+        for name, spec in recipe.experts.items()
+    }
     return recipe.model_copy(
         update={
             "preset": "micro",
+            "experts": experts,
             "eval": EvalSpec(limit=8, categories=recipe.eval.categories),
             "recover": recover,
             "route": recipe.route.model_copy(update={"steps": None}),
