@@ -44,6 +44,8 @@ def main(out: Path, batch_size: int, grad_accum: int) -> None:
     if rank == 0:
         state = {n: p.detach().contiguous() for n, p in result.model.named_parameters()}
         save_file(state, str(out / "weights.safetensors"))
+    if torch.distributed.is_initialized():  # as barkit's CLI does: no backend teardown at exit
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

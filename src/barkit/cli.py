@@ -70,7 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, aborts):
             return 130
         raise
+    finally:
+        _end_distributed()
     return 0
+
+
+def _end_distributed() -> None:
+    """Destroy the process group a command under ``accelerate launch`` / ``torchrun`` joined.
+
+    Left to the interpreter's exit, the backend's threads can be torn down in the wrong order
+    and abort the rank ("terminate called without an active exception"), which fails the run.
+    Torch is not imported here: a command that never loaded it has no group to end.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
