@@ -126,8 +126,9 @@ def route_plan(
     from barkit.train.stages import resolve_stage
 
     domains = expert_domains(read_manifest(Path(merged_dir)))
+    overrides = dict(overrides or {})
     if lr is not None:
-        overrides = {**(overrides or {}), "optim": {**(overrides or {}).get("optim", {}), "lr": lr}}
+        overrides["optim"] = {**overrides.get("optim", {}), "lr": lr}
     if data is not None:
         return resolve_stage("router", domains, preset, steps, seed, overrides, on="merged", data=data)
     return resolve_stage("router", routed_categories(domains), preset, steps, seed, overrides, on="merged")

@@ -77,8 +77,10 @@ def main(
         get_verifier(verifier)
         chosen: dict[str, Any] = {"data": data, "verifier": verifier, "limit": limit, "copy_items": 0}
     else:
-        if split not in ("train", "test"):
-            raise ConfigError(f"--split {split}: choose train or test")
+        from barkit.suite.base import SPLITS
+
+        if split not in SPLITS:
+            raise ConfigError(f"--split {split}: choose {' or '.join(SPLITS)}")
         chosen = {
             "categories": resolve_categories(categories),
             "limit": limit or DEFAULT_LIMIT,
