@@ -30,11 +30,55 @@ def test_every_document_kind_copies_something_from_its_context() -> None:
     rng = random.Random(1)
     for kind, make in copying.DOCUMENT_KINDS.items():
         doc = make(rng)
-        head, _, tail = doc.rpartition("\n") if kind in ("record", "signature") else (doc, "", doc)
+        head, _, tail = doc.rpartition("\n") if kind in ("record", "signature", "call") else (doc, "", doc)
         assert tail and head, kind
     chat = copy_conversation(rng)
     assert chat[1]["content"] in chat[0]["content"]
     assert isinstance(copy_document(rng), str)
+
+
+def test_call_documents_copy_the_named_tool_and_every_value_from_the_request() -> None:
+    import json
+
+    from barkit.suite.tools import CATALOGUE, match_call
+
+    rng = random.Random(3)
+    catalogue = {t.name for t in CATALOGUE}
+    for _ in range(200):
+        listed, tool, request, arguments = copying.call_example(rng)
+        assert 2 <= len(listed) <= 3 and tool in listed
+        assert not {t.name for t in listed} & catalogue  # invented tools only, never the suite's
+        assert len({t.name for t in listed}) == len(listed)
+        # The request names the tool by a word of its name or description ...
+        words = {w.strip(".?!,").lower() for w in request.split()}
+        assert words & (set(tool.name.split("_")) | set(tool.description.split()))
+        # ... and says every value the call carries (booleans as on/off).
+        for value in arguments.values():
+            said = ("on" if value else "off") if isinstance(value, bool) else str(value)
+            assert said.lower() in request.lower()
+        assert all(p.name in arguments for p in tool.params if p.required)
+        # The call passes the suite's own BFCL-style check against the tool's schema.
+        assert match_call({"name": tool.name, "arguments": arguments}, tool, arguments)
+    doc = copying.DOCUMENT_KINDS["call"](random.Random(4))
+    lines = doc.split("\n")
+    assert lines[0] == "Tools:" and lines[-2].startswith("Request: ")
+    assert set(json.loads(lines[-1])) == {"name", "arguments"}
+
+
+def test_recipe_copy_kinds_are_checked_and_keep_old_fingerprints() -> None:
+    from dataclasses import replace
+
+    from barkit.base_recipe import get_recipe
+    from barkit.errors import BarkitError
+
+    micro = get_recipe("micro")
+    with pytest.raises(BarkitError, match="copy_kinds"):
+        replace(micro, copy_kinds=("repeat", "nonsense"))
+    classic = replace(micro, copy_kinds=copying.CLASSIC_KINDS)
+    assert "copy_kinds" not in classic.to_dict()  # bases built before the field keep their fingerprint
+    with_calls = replace(micro, copy_kinds=(*copying.CLASSIC_KINDS, "call"))
+    assert with_calls.to_dict()["copy_kinds"][-1] == "call"
+    assert with_calls.fingerprint("olmo2", "micro", 0) != classic.fingerprint("olmo2", "micro", 0)
 
 
 def test_probe_scores_exact_copies_only(monkeypatch: pytest.MonkeyPatch, micro_tokenizer: object) -> None:

@@ -66,21 +66,31 @@ class _ProbeLog:
     appends one line to ``probe.jsonl``."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, folder: Path, phase: str, every: int, offset: int, arithmetic: bool
+        self,
+        model: Any,
+        tokenizer: Any,
+        folder: Path,
+        phase: str,
+        every: int,
+        offset: int,
+        arithmetic: bool,
+        calls: bool = False,
     ) -> None:
         self.model, self.tokenizer, self.every = model, tokenizer, every
         self.path, self.phase, self.offset = folder / "probe.jsonl", phase, offset
-        self.arithmetic = arithmetic
+        self.arithmetic, self.calls = arithmetic, calls
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
         if self.every and step % self.every == 0:
             self.record(step, metrics.get("loss"))
 
     def record(self, step: int, loss: float | None) -> None:
-        from barkit.copying import copy_probe
+        from barkit.copying import call_probe, copy_probe
 
         probe = copy_probe(self.model, self.tokenizer, n=64, seed=1)
         line = {"phase": self.phase, "step": step, "total_step": self.offset + step, "copy": probe["copy"]}
+        if self.calls:
+            line["call"] = call_probe(self.model, self.tokenizer, n=64, seed=1)["call"]
         if self.arithmetic:
             line["arithmetic"] = arithmetic_probe(self.model, self.tokenizer)
         line["loss"] = loss
@@ -211,6 +221,7 @@ def _phase_objectives(
             total_batches=pre.steps * pre.grad_accum,
             start_share=recipe.copy_start,
             end_share=recipe.copy_end,
+            kinds=recipe.copy_kinds,
         )
 
     def posttrain() -> Any:
@@ -277,8 +288,9 @@ def train_base(
     results = []
     offset = 0
     arithmetic = recipe.arithmetic > 0 or recipe.arithmetic_post > 0
+    calls = "call" in recipe.copy_kinds
     for name, cfg, objective in zip(("pretrain", "posttrain"), cfgs, objectives, strict=True):
-        probe = _ProbeLog(model, tokenizer, work, name, recipe.probe_every, offset, arithmetic)
+        probe = _ProbeLog(model, tokenizer, work, name, recipe.probe_every, offset, arithmetic, calls)
         if name == "pretrain" and not (work / name).exists():
             probe.record(0, None)  # the curve starts at the untrained model
         result = run_stage(
@@ -318,6 +330,10 @@ def train_base(
     }
     if eval_limit:
         manifest["eval"] = _evaluate(model, tokenizer, eval_limit)
+        if calls:
+            from barkit.copying import call_probe
+
+            manifest["eval"]["call_probe"] = call_probe(model, tokenizer, n=200, seed=0)["call"]
         if arithmetic:
             manifest["eval"]["arithmetic_probe"] = arithmetic_probe(model, tokenizer, n=300)
     curve = manifest["metrics"]["copy_probe"]
@@ -337,6 +353,8 @@ def plot_copy_curve(curve: list[dict[str, Any]], path: Path) -> None:
     probes = [("copy", "copy", "C0")]
     if any("arithmetic" in p for p in curve):
         probes.append(("arithmetic", "arithmetic", "C1"))
+    if any("call" in p for p in curve):
+        probes.append(("call", "tool call", "C2"))
     for key, label, colour in probes:
         for phase, style in (("pretrain", "-"), ("posttrain", "--")):
             points = [p for p in curve if p["phase"] == phase and key in p]

@@ -57,6 +57,18 @@ class BaseRecipe:
     arithmetic: float = 0.0
     #: the same for post-training's rows, so that SFT on conversations does not erase it
     arithmetic_post: float = 0.0
+    #: the copy-document kinds pre-training draws from (:data:`barkit.copying.DOCUMENT_KINDS`),
+    #: uniformly; a kind listed twice is drawn twice as often
+    copy_kinds: tuple[str, ...] = ("repeat", "recall", "record", "signature")
+
+    def __post_init__(self) -> None:
+        from barkit.copying import DOCUMENT_KINDS
+
+        unknown = sorted(set(self.copy_kinds) - set(DOCUMENT_KINDS))
+        if unknown or not self.copy_kinds:
+            raise BarkitError(
+                f"copy_kinds {list(self.copy_kinds)}: unknown or empty; known: {', '.join(DOCUMENT_KINDS)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         keyed = asdict(self)
@@ -67,6 +79,10 @@ class BaseRecipe:
         for name in ("arithmetic", "arithmetic_post"):
             if not keyed[name]:
                 del keyed[name]
+        if tuple(keyed["copy_kinds"]) == BaseRecipe.copy_kinds:
+            del keyed["copy_kinds"]
+        else:
+            keyed["copy_kinds"] = list(keyed["copy_kinds"])
         return keyed
 
     def fingerprint(self, arch: str, preset: str, seed: int) -> str:

@@ -11,7 +11,11 @@ skill:
   span belongs to the probe (held out) when its SHA-256 falls in the test share, to training
   otherwise, so the probe only ever asks for copies of spans no training document contained.
 * **documents** (pre-training): a span repeated after a separator, key-value recall, a record
-  copied into a JSON-like form, a name copied into a call signature;
+  copied into a JSON-like form, a name copied into a call signature, and (kind ``call``) a
+  request copied into a function call in the tool-use format: invented tools are listed as
+  signatures, a request names one of them by a word of its name or description and gives its
+  argument values inside an ordinary sentence, and the call copies the tool's name and each
+  value into its slot (chosen by the value's type: the number, the enum member, the rest);
 * **conversations** (pre- and post-training): "repeat exactly" requests in chat form;
 * **the probe**: held-out spans in chat form, scored by exact match of the greedy reply.
 """
@@ -95,17 +99,136 @@ def _signature_doc(rng: random.Random) -> str:
     return f"name: {name}({args})\ndef {name}({args}):"
 
 
+# Words of ordinary requests around the named tool and its values. A generic list, written
+# without looking at the suite's request templates; the tools, names and values are invented.
+_OPENERS = (
+    "",
+    "please",
+    "can you",
+    "could you",
+    "I want to",
+    "I would like to",
+    "go and",
+    "now",
+    "quickly",
+    "help me",
+    "let us",
+    "hey,",
+    "I need you to",
+)
+_LINKS = ("for", "with", "on", "in", "at", "to", "about", "of", "by", "from", "and", "using", "as")
+_CLOSERS = ("", "", " please", " now", " for me", " thanks", " right away", " if you can")
+
+
+def _invented_tool(rng: random.Random, taken: set[str], probe: bool = False) -> tuple[Any, str]:
+    """A tool with invented words for its name, description and parameters; and its cue word.
+
+    The tool's name decides its side of the split, like a span's (:func:`is_probe_span`).
+    """
+    from barkit.suite.tools import Param, Tool
+
+    while True:
+        verb, noun = _syllables(rng, 1, 2), _syllables(rng, 1, 3)
+        extra = _syllables(rng, 1, 3)
+        fresh = not {verb, noun, extra} & taken and len({verb, noun, extra}) == 3
+        if fresh and is_probe_span(f"{verb}_{noun}") == probe:
+            break
+    taken.update((verb, noun, extra))
+    params: list[Any] = []
+    names: set[str] = set()
+    kinds = ["string", "integer", "enum", "boolean"]
+    rng.shuffle(kinds)
+    for i, kind in enumerate(kinds[: rng.randint(1, 3)]):
+        name = _syllables(rng, 1, 2)
+        while name in names or name in taken:
+            name = _syllables(rng, 1, 2)
+        names.add(name)
+        required = i == 0 or rng.random() < 0.5
+        if kind == "enum":
+            members = tuple(dict.fromkeys(_syllables(rng, 1, 2) for _ in range(rng.randint(2, 4))))
+            params.append(Param(name, "string", required, enum=members))
+        else:
+            params.append(Param(name, kind, required))
+    # The description always holds ``extra`` (a cue the name lacks) and usually the noun.
+    words = [extra, *rng.sample([noun, _syllables(rng, 1, 2), _syllables(rng, 1, 2)], 2)]
+    rng.shuffle(words)
+    description = " ".join(words)
+    tool = Tool(f"{verb}_{noun}", description, tuple(params), (), ())
+    return tool, rng.choice((verb, noun, extra))
+
+
+def _value(rng: random.Random, param: Any) -> tuple[Any, str]:
+    """A value for ``param`` and the words that say it in a request."""
+    if param.enum:
+        value = rng.choice(param.enum)
+        return value, value
+    if param.type == "integer":
+        value = rng.choice((rng.randint(1, 60), rng.randint(1, 999)))
+        return value, str(value)
+    if param.type == "boolean":
+        value = rng.random() < 0.5
+        return value, "on" if value else "off"
+    words = [_syllables(rng, 1, 3) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
+    if rng.random() < 0.5:
+        words = [w.capitalize() for w in words]
+    text = " ".join(words)
+    return text, text
+
+
+def call_example(rng: random.Random, *, probe: bool = False) -> tuple[list[Any], Any, str, dict[str, Any]]:
+    """Invented tools as listed (shuffled), the one to call, a request for it, and its arguments.
+
+    ``probe`` draws the called tool from the held-out side (its name never occurs in training).
+    """
+    taken: set[str] = set()
+    tools = [_invented_tool(rng, taken, probe=probe and i == 0) for i in range(rng.randint(2, 3))]
+    tool, cue = tools[0]
+    arguments: dict[str, Any] = {}
+    phrases: list[str] = []
+    for param in tool.params:
+        if not param.required and rng.random() < 0.5:
+            continue
+        value, said = _value(rng, param)
+        arguments[param.name] = value
+        link = rng.choice(_LINKS)
+        if param.type == "boolean" or rng.random() < 0.3:  # "with NAME VALUE"
+            phrases.append(f"{link} {param.name} {said}")
+        else:
+            phrases.append(f"{link} {said}" if rng.random() < 0.7 else said)
+    rng.shuffle(phrases)
+    where = rng.randint(0, len(phrases))
+    words = [rng.choice(_OPENERS), *phrases[:where], cue, *phrases[where:]]
+    request = " ".join(w for w in words if w) + rng.choice(_CLOSERS) + rng.choice((".", "?", "!", ""))
+    listed = [t for t, _ in tools]
+    rng.shuffle(listed)
+    return listed, tool, request[0].upper() + request[1:], arguments
+
+
+def _call_doc(rng: random.Random) -> str:
+    """A tool list, a request in a sentence, and the call that copies its name and values."""
+    import json
+
+    listed, tool, request, arguments = call_example(rng)
+    signatures = "\n".join(t.signature() for t in listed)
+    return f"Tools:\n{signatures}\nRequest: {request}\n" + json.dumps(
+        {"name": tool.name, "arguments": arguments}
+    )
+
+
 DOCUMENT_KINDS: dict[str, Callable[[random.Random], str]] = {
     "repeat": _repeat_doc,
     "recall": _recall_doc,
     "record": _record_doc,
     "signature": _signature_doc,
+    "call": _call_doc,
 }
+#: the kinds a base recipe draws from when it names none (the bases built before ``call``)
+CLASSIC_KINDS = ("repeat", "recall", "record", "signature")
 
 
-def copy_document(rng: random.Random) -> str:
-    """One pre-training copy document of a random kind."""
-    return rng.choice(list(DOCUMENT_KINDS.values()))(rng)
+def copy_document(rng: random.Random, kinds: tuple[str, ...] = CLASSIC_KINDS) -> str:
+    """One pre-training copy document of a kind drawn uniformly from ``kinds``."""
+    return DOCUMENT_KINDS[rng.choice(kinds)](rng)
 
 
 def copy_conversation(rng: random.Random) -> Conversation:
@@ -140,3 +263,40 @@ def copy_probe(
         {"prompt": p, "expected": e, "reply": r} for (p, e), r in list(zip(items, replies, strict=True))[:5]
     ]
     return {"copy": score, "items": len(items), "examples": examples}
+
+
+def call_probe(
+    model: Any, tokenizer: PreTrainedTokenizerBase, n: int = 100, *, seed: int = 0, batch_size: int = 32
+) -> dict[str, Any]:
+    """Share (in %) of held-out ``call`` documents whose call the model completes exactly.
+
+    The document up to its last line is the prompt (plain text, as in pre-training) and the
+    greedy continuation's first line must equal the call. The called tool's name is held out
+    (never in training), so this measures copying into slots, not recall. ``name`` is the share
+    whose call at least starts with the right tool.
+    """
+    import json
+
+    from barkit.generate import generate
+
+    rng = random.Random(f"call-probe|{seed}")
+    prompts, calls = [], []
+    for _ in range(n):
+        listed, tool, request, arguments = call_example(rng, probe=True)
+        signatures = "\n".join(t.signature() for t in listed)
+        prompts.append(f"Tools:\n{signatures}\nRequest: {request}\n")
+        calls.append(json.dumps({"name": tool.name, "arguments": arguments}))
+    longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in calls)
+    replies = generate(model, tokenizer, prompts, max_new_tokens=longest + 4, batch_size=batch_size, raw=True)
+    lines = [reply.strip().split("\n", 1)[0].strip() if reply.strip() else "" for reply in replies]
+    exact = [line == call for line, call in zip(lines, calls, strict=True)]
+    named = [line.split(",", 1)[0] == call.split(",", 1)[0] for line, call in zip(lines, calls, strict=True)]
+    return {
+        "call": round(100.0 * sum(exact) / n, 2),
+        "name": round(100.0 * sum(named) / n, 2),
+        "items": n,
+        "examples": [
+            {"prompt": p, "expected": c, "reply": r}
+            for p, c, r in list(zip(prompts, calls, lines, strict=True))[:5]
+        ],
+    }

@@ -34,12 +34,16 @@ class CopyCurriculumObjective(PackedObjective):
         start_share: float,
         end_share: float,
         chat_share: float = 0.3,
+        kinds: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__(general, batch_size, seed)
         self.tokenizer = tokenizer
         self.seq_len = int(general.input_ids.shape[1])
         self.total_batches = max(total_batches, 1)
         self.start_share, self.end_share, self.chat_share = start_share, end_share, chat_share
+        from barkit.copying import CLASSIC_KINDS
+
+        self.kinds = tuple(kinds) if kinds else CLASSIC_KINDS
 
     def share(self, index: int) -> float:
         """Copy share of micro-batch ``index``."""
@@ -53,7 +57,7 @@ class CopyCurriculumObjective(PackedObjective):
         tok = self.tokenizer
         if rng.random() < self.chat_share:
             return encode_conversation(tok, copy_conversation(rng), self.seq_len)
-        ids = [tok.bos_token_id, *tok(copy_document(rng), add_special_tokens=False)["input_ids"]]
+        ids = [tok.bos_token_id, *tok(copy_document(rng, self.kinds), add_special_tokens=False)["input_ids"]]
         ids.append(tok.eos_token_id)
         return ids, [1] * len(ids)
 
