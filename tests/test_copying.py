@@ -65,6 +65,21 @@ def test_call_documents_copy_the_named_tool_and_every_value_from_the_request() -
     assert set(json.loads(lines[-1])) == {"name", "arguments"}
 
 
+def test_invented_call_conversations_have_the_suite_layout_and_a_checked_call() -> None:
+    from barkit.suite.tools import TOOL_TOKENS, parse_call
+
+    rng = random.Random(5)
+    for _ in range(50):
+        user, assistant = copying.call_conversation(rng)
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert user["content"].startswith("Tools:\n") and "\nRequest: " in user["content"]
+        assert assistant["content"].startswith(TOOL_TOKENS[0]) and assistant["content"].endswith(
+            TOOL_TOKENS[1]
+        )
+        call = parse_call(assistant["content"])
+        assert call is not None and call["name"] + "(" in user["content"]
+
+
 def test_recipe_copy_kinds_are_checked_and_keep_old_fingerprints() -> None:
     from dataclasses import replace
 

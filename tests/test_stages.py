@@ -180,6 +180,28 @@ def test_tool_sft_adds_the_call_tokens(world: dict[str, Any]) -> None:
     assert set(TOOL_TOKENS) <= set(tok.all_special_tokens)
 
 
+def test_synthetic_conversations_join_the_domain_data(world: dict[str, Any]) -> None:
+    man = run_domain_stage(
+        world["root"] / "tool_branch",
+        stage="sft",
+        domain="tool_use",
+        out_dir=world["root"] / "tool_sft_synthetic",
+        preset="micro",
+        steps=1,
+        overrides={"synthetic": {"invented_calls": 0.5, "repeat": 0.25}},
+        progress=False,
+    )
+    n = man["data"]["domain_items"]
+    assert man["data"]["synthetic"] == round(n * 0.5) + round(n * 0.25)
+    assert man["config"]["synthetic"] == {"invented_calls": 0.5, "repeat": 0.25}
+    plain = resolve_stage("sft", "tool_use", "micro")
+    assert "synthetic" not in plain.cfg.model_dump()  # stages without it keep their fingerprints
+    with pytest.raises(ConfigError, match="unknown synthetic data 'nope'"):
+        resolve_stage("sft", "tool_use", "micro", overrides={"synthetic": {"nope": 1.0}})
+    with pytest.raises(ConfigError, match="applies to SFT stages"):
+        resolve_stage("midtrain", "math", "micro", overrides={"synthetic": {"repeat": 1.0}})
+
+
 # ----------------------------------------------------------------------------- special tokens
 
 

@@ -215,6 +215,23 @@ def _call_doc(rng: random.Random) -> str:
     )
 
 
+def call_conversation(rng: random.Random) -> Conversation:
+    """A tool-use turn with invented tools: the user lists them and asks, the assistant calls.
+
+    The prompt has the micro-suite's tool-use layout and the reply its call format, but every
+    tool, parameter and value is invented, so the only way to the reply is to copy the named
+    tool and the request's values into the call (the suite's tools and requests never occur).
+    """
+    from barkit.suite.tools import call_text
+
+    listed, tool, request, arguments = call_example(rng)
+    prompt = "Tools:\n" + "\n".join(t.signature() for t in listed) + f"\nRequest: {request}"
+    return [
+        {"role": "user", "content": prompt},
+        {"role": "assistant", "content": call_text(tool.name, arguments)},
+    ]
+
+
 DOCUMENT_KINDS: dict[str, Callable[[random.Random], str]] = {
     "repeat": _repeat_doc,
     "recall": _recall_doc,
@@ -238,6 +255,13 @@ def copy_conversation(rng: random.Random) -> Conversation:
         {"role": "user", "content": rng.choice(TRAIN_ASKS).format(s=s)},
         {"role": "assistant", "content": s},
     ]
+
+
+#: synthetic SFT conversations a stage can add to its domain data (``StageConfig.synthetic``)
+SYNTHETIC: dict[str, Callable[[random.Random], Conversation]] = {
+    "invented_calls": call_conversation,
+    "repeat": copy_conversation,
+}
 
 
 def probe_items(n: int, seed: int = 0) -> list[tuple[str, str]]:

@@ -95,6 +95,11 @@ class StageConfig(BaseModel):
     general_mix: float = Field(
         default=0.0, ge=0, le=1, description="Share of general (non-domain) data mixed into the stage's data."
     )
+    synthetic: dict[str, float] = Field(
+        default_factory=dict,
+        description="Synthetic conversations added to an SFT stage's domain data: generator name "
+        "(barkit.copying.SYNTHETIC: invented_calls, repeat) -> how many per domain item.",
+    )
     dtype: Literal["float32", "bfloat16"] = Field(
         default="float32",
         description="Dtype the model is loaded and trained in; bfloat16 halves memory for models that "
@@ -116,6 +121,18 @@ class StageConfig(BaseModel):
                 data.pop(name, None)
         return data
 
+    @field_validator("synthetic")
+    @classmethod
+    def _known_synthetic(cls, v: dict[str, float]) -> dict[str, float]:
+        from barkit.copying import SYNTHETIC
+
+        for name, ratio in v.items():
+            if name not in SYNTHETIC:
+                raise ValueError(f"unknown synthetic data {name!r}; known: {', '.join(SYNTHETIC)}")
+            if not 0.0 < ratio <= 10.0:
+                raise ValueError(f"synthetic {name}: per domain item must be in (0, 10], got {ratio}")
+        return v
+
     @field_validator("kind")
     @classmethod
     def _registered(cls, v: str) -> str:
@@ -133,7 +150,7 @@ class StageConfig(BaseModel):
 
 
 #: StageConfig fields added after pipelines first keyed on its dump, with their defaults
-_LATER_DEFAULTS: dict[str, Any] = {"dtype": "float32", "gradient_checkpointing": False}
+_LATER_DEFAULTS: dict[str, Any] = {"dtype": "float32", "gradient_checkpointing": False, "synthetic": {}}
 
 
 class GRPOConfig(BaseModel):

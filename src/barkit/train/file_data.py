@@ -193,17 +193,22 @@ def _text_objective(inp: ObjectiveInput, data: UserData) -> tuple[Objective, dic
 def _chat_objective(inp: ObjectiveInput, data: UserData) -> tuple[Objective, dict[str, Any]]:
     from barkit.train.data import TokenStore, pack_examples
     from barkit.train.objectives import SFTObjective, pad_id_of
+    from barkit.train.stage_data import synthetic_conversations
     from barkit.userdata import encode_chat, iter_sft
 
     tok, cfg = inp.tokenizer, inp.cfg
     store = TokenStore(masked=True)
     n = store.add_examples(encode_chat(tok, c, cfg.seq_len) for c in iter_sft(data.path))
+    synthetic = store.add_examples(encode_chat(tok, c, cfg.seq_len) for c in synthetic_conversations(cfg, n))
     general = _general_path(data, inp)
     m = store.add_examples(encode_chat(tok, c, cfg.seq_len) for c in iter_sft(general)) if general else 0
-    order = _mixed_order(n, m, inp)
+    order = _mixed_order(n + synthetic, m, inp)
     rows = pack_examples((store.example(i) for i in order), cfg.seq_len, pad_id_of(tok))
     objective = SFTObjective(rows, cfg.batch_size, cfg.seed, cfg.aux_loss_coef)
-    return objective, {"domain_items": n, "general_pool": m, "rows": len(rows)}
+    summary = {"domain_items": n, "general_pool": m, "rows": len(rows)}
+    if synthetic:
+        summary["synthetic"] = synthetic
+    return objective, summary
 
 
 def _rl_objective(inp: ObjectiveInput, data: UserData) -> tuple[Objective, dict[str, Any]]:

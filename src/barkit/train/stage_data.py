@@ -90,13 +90,32 @@ def _domain_items(inp: ObjectiveInput) -> tuple[list[Any], list[Any]]:
     return items, _general_items(n_general, inp.cfg.seed)
 
 
+def synthetic_conversations(cfg: StageConfig, n_domain: int) -> list[Conversation]:
+    """The stage's synthetic conversations (``cfg.synthetic``): ``round(n_domain * ratio)`` of
+    each generator, seeded by the generator's name and the stage's seed. They count as domain
+    data (the general share is taken of domain plus synthetic)."""
+    import random
+
+    from barkit.copying import SYNTHETIC
+
+    out: list[Conversation] = []
+    for name, ratio in sorted(cfg.synthetic.items()):
+        rng = random.Random(f"synthetic|{name}|{cfg.seed}")
+        out.extend(SYNTHETIC[name](rng) for _ in range(round(n_domain * ratio)))
+    return out
+
+
 def chat_objective(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
-    """Domain conversations mixed with general ones, loss on assistant tokens (``sft``, ``router``)."""
+    """Domain conversations (plus any synthetic ones) mixed with general ones, loss on assistant
+    tokens (``sft``, ``router``)."""
     from barkit.train.objectives import SFTObjective
 
     items, general = _domain_items(inp)
+    synthetic = synthetic_conversations(inp.cfg, len(items))
     data = {"domain_items": len(items), "general_pool": len(general)}
-    convs, general_convs = [i.messages() for i in items], [g.messages() for g in general]
+    if synthetic:
+        data["synthetic"] = len(synthetic)
+    convs, general_convs = [i.messages() for i in items] + synthetic, [g.messages() for g in general]
     return SFTObjective.from_conversations(inp.tokenizer, inp.cfg, convs, general_convs), data
 
 
