@@ -15,6 +15,25 @@ from barkit.cli import EXIT_USER_ERROR, main
         (["route", "merged", "--out", "o", "--no-such-option"], "No such option: --no-such-option"),
         (["route", "merged", "--out", "o", "--steps", "many"], "Invalid value for '--steps'"),
         (["no-such-command"], "No such command"),
+        (
+            [
+                "train",
+                "b",
+                "--stage",
+                "sft",
+                "--domain",
+                "tool_use",
+                "--out",
+                "o",
+                "--synthetic",
+                "invented_calls=lots",
+            ],
+            "expected NAME=RATIO",
+        ),
+        (
+            ["train", "b", "--stage", "sft", "--domain", "tool_use", "--out", "o", "--synthetic", "nope=1"],
+            "unknown synthetic data 'nope'",
+        ),
     ],
 )
 def test_usage_errors_exit_2_without_traceback(

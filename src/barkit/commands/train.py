@@ -27,6 +27,22 @@ def _list(value: str | None, flag: str) -> list[str] | None:
     return items
 
 
+def _synthetic(value: str | None) -> dict[str, float] | None:
+    """``NAME=RATIO[,NAME=RATIO]`` as a mapping (ConfigError on a malformed entry)."""
+    if value is None:
+        return None
+    out: dict[str, float] = {}
+    for entry in _list(value, "--synthetic") or []:
+        name, sep, ratio = entry.partition("=")
+        try:
+            out[name.strip()] = float(ratio) if sep else 1.0
+        except ValueError:
+            raise ConfigError(
+                f"--synthetic {entry!r}: expected NAME=RATIO, e.g. invented_calls=1.0"
+            ) from None
+    return out
+
+
 def overrides_from_flags(lr: float | None, **flags: Any) -> dict[str, Any]:
     """Stage overrides from the command's flags; those left unset (None) keep the resolved default."""
     out: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
@@ -96,6 +112,14 @@ def main(
         str | None,
         typer.Option("--add-special-tokens", help="Comma-separated tokens to add before training."),
     ] = None,
+    synthetic: Annotated[
+        str | None,
+        typer.Option(
+            "--synthetic",
+            help="SFT: synthetic conversations added per domain item, NAME=RATIO,... "
+            "(invented_calls: calls of invented tools; repeat: verbatim repeats).",
+        ),
+    ] = None,
     trainable: Annotated[
         str | None,
         typer.Option(
@@ -153,6 +177,7 @@ def main(
         checkpoint_every=checkpoint_every,
         dtype=dtype,
         gradient_checkpointing=gradient_checkpointing or None,
+        synthetic=_synthetic(synthetic),
     )
     if data is not None:
         from barkit.train.file_data import user_data
