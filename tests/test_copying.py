@@ -94,6 +94,10 @@ def test_recipe_copy_kinds_are_checked_and_keep_old_fingerprints() -> None:
     with_calls = replace(micro, copy_kinds=(*copying.CLASSIC_KINDS, "call"))
     assert with_calls.to_dict()["copy_kinds"][-1] == "call"
     assert with_calls.fingerprint("olmo2", "micro", 0) != classic.fingerprint("olmo2", "micro", 0)
+    assert "call_chat" not in classic.to_dict()
+    assert replace(micro, call_chat=0.5).to_dict()["call_chat"] == 0.5
+    with pytest.raises(BarkitError, match="call_chat"):
+        replace(micro, call_chat=-1.0)
 
 
 def test_probe_scores_exact_copies_only(monkeypatch: pytest.MonkeyPatch, micro_tokenizer: object) -> None:

@@ -199,7 +199,7 @@ def _phase_objectives(
 ) -> tuple[Callable[[], Any], Callable[[], Any]]:
     import random
 
-    from barkit.copying import copy_conversation
+    from barkit.copying import call_conversation, copy_conversation
     from barkit.train.curriculum import CopyCurriculumObjective
     from barkit.train.data import concat_packed
     from barkit.train.objectives import SFTObjective, conversation_rows, mixed_rows
@@ -227,6 +227,7 @@ def _phase_objectives(
     def posttrain() -> Any:
         rng = random.Random(f"base-posttrain|{seed}")
         copies = [copy_conversation(rng) for _ in range(round(len(conversations) * recipe.copy_chat))]
+        copies += [call_conversation(rng) for _ in range(round(len(conversations) * recipe.call_chat))]
         if not recipe.arithmetic_post:
             return SFTObjective.from_conversations(tokenizer, post, conversations + copies)
         rows = conversation_rows(tokenizer, conversations + copies, post.seq_len)
@@ -288,7 +289,7 @@ def train_base(
     results = []
     offset = 0
     arithmetic = recipe.arithmetic > 0 or recipe.arithmetic_post > 0
-    calls = "call" in recipe.copy_kinds
+    calls = "call" in recipe.copy_kinds or recipe.call_chat > 0
     for name, cfg, objective in zip(("pretrain", "posttrain"), cfgs, objectives, strict=True):
         probe = _ProbeLog(model, tokenizer, work, name, recipe.probe_every, offset, arithmetic, calls)
         if name == "pretrain" and not (work / name).exists():

@@ -60,6 +60,9 @@ class BaseRecipe:
     #: the copy-document kinds pre-training draws from (:data:`barkit.copying.DOCUMENT_KINDS`),
     #: uniformly; a kind listed twice is drawn twice as often
     copy_kinds: tuple[str, ...] = ("repeat", "recall", "record", "signature")
+    #: tool-use conversations with invented tools (:func:`barkit.copying.call_conversation`)
+    #: added to post-training, as a share of its conversations
+    call_chat: float = 0.0
 
     def __post_init__(self) -> None:
         from barkit.copying import DOCUMENT_KINDS
@@ -69,6 +72,8 @@ class BaseRecipe:
             raise BarkitError(
                 f"copy_kinds {list(self.copy_kinds)}: unknown or empty; known: {', '.join(DOCUMENT_KINDS)}"
             )
+        if not 0.0 <= self.call_chat <= 10.0:
+            raise BarkitError(f"call_chat {self.call_chat}: expected a share between 0 and 10")
 
     def to_dict(self) -> dict[str, Any]:
         keyed = asdict(self)
@@ -76,7 +81,7 @@ class BaseRecipe:
         # fingerprint; any other scheme is part of what a rebuild must match.
         if keyed["tokenizer_scheme"] == "metaspace":
             del keyed["tokenizer_scheme"]
-        for name in ("arithmetic", "arithmetic_post"):
+        for name in ("arithmetic", "arithmetic_post", "call_chat"):
             if not keyed[name]:
                 del keyed[name]
         if tuple(keyed["copy_kinds"]) == BaseRecipe.copy_kinds:
