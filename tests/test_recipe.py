@@ -69,6 +69,10 @@ def test_quick_variant_is_micro() -> None:
             {"experts": {"m": {"domain": "math", "stages": [{"kind": "sft", "general_mix": 1.5}]}}},
             "general_mix",
         ),
+        (
+            {"experts": {"t": {"domain": "tool_use", "stages": [{"kind": "sft", "synthetic": {"nope": 1}}]}}},
+            "synthetic",
+        ),
     ],
 )
 def test_errors_name_field_and_file(tmp_path: Path, data: dict, field: str) -> None:
@@ -78,6 +82,14 @@ def test_errors_name_field_and_file(tmp_path: Path, data: dict, field: str) -> N
         load_recipe(path)
     message = str(info.value)
     assert str(path) in message and field in message and "\n" not in message
+
+
+def test_stage_synthetic_data_reaches_its_config() -> None:
+    stages = [{"kind": "sft", "synthetic": {"invented_calls": 1.0}}]
+    recipe = parse_recipe({"experts": {"t": {"domain": "tool_use", "stages": stages}}}, "r.yaml")
+    plan = recipe.experts["t"].stages[0].plan("tool_use", recipe.preset, recipe.seed)
+    assert plan.cfg.synthetic == {"invented_calls": 1.0}
+    assert parse_recipe(yaml.safe_load(to_yaml(recipe)), "roundtrip") == recipe
 
 
 def test_not_yaml_and_missing_file(tmp_path: Path) -> None:

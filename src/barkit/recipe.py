@@ -75,6 +75,10 @@ class StageSpec(_Strict):
     general_mix: float | None = Field(None, ge=0.0, le=1.0, description="share of general data")
     trainable: list[str] | None = Field(None, description="groups or globs; default: BAR's schedule")
     add_special_tokens: list[str] = Field(default_factory=list)
+    synthetic: dict[str, float] | None = Field(
+        None,
+        description="sft: synthetic conversations per domain item, by generator (invented_calls, repeat)",
+    )
     data: str | None = Field(None, description="the user's file for this stage instead of the suite")
     general_data: str | None = Field(None, description="general data mixed into data (same format)")
     verifier: str | None = Field(None, description="rlvr on data: a verifier name or module:function")
@@ -122,6 +126,8 @@ class StageSpec(_Strict):
             fields["trainable"] = list(self.trainable)
         if self.add_special_tokens:
             fields["add_special_tokens"] = list(self.add_special_tokens)
+        if self.synthetic is not None:
+            fields["synthetic"] = dict(self.synthetic)
         return resolve_stage(self.kind, domain, preset, self.steps, seed, fields, data=self.user_data())
 
 
