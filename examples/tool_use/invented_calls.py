@@ -14,6 +14,12 @@ skill has to come from the base. Two commands:
     format; the called tool's name never occurs in training): the exact call (the category's
     AST check) and the right tool name, out of ``--n``.
 
+``learn MODEL``
+    Trains every tensor of MODEL on call documents alone (plain text, as in pre-training; batch
+    16 x 256, AdamW, warmup and cosine decay) and prints :func:`barkit.copying.call_probe` (exact
+    call and right tool on 100 held-out documents) every 500 steps: is the tool choice learnable
+    at this shape, given a dedicated budget? About 0.5 s a step here.
+
 ::
 
     .venv/bin/python examples/tool_use/invented_calls.py build runs/call-base
@@ -71,6 +77,54 @@ def check(models: list[str], n: int) -> None:
         print(f"{path}: exact call {exact} of {n}, right tool {named} of {n}")
 
 
+def learn(path: str, steps: int, lr: float) -> None:
+    import math
+
+    import torch
+
+    from barkit.copying import DOCUMENT_KINDS, call_probe
+    from barkit.loader import load_model
+
+    model, tokenizer = load_model(path)
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    pending: list[int] = []
+
+    def batch(rows: int = 16, length: int = 256) -> torch.Tensor:
+        out = []
+        while len(out) < rows:
+            while len(pending) < length:
+                text = DOCUMENT_KINDS["call"](rng) + "\n\n"
+                pending.extend(
+                    tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                )
+            out.append(pending[:length])
+            del pending[:length]
+        return torch.tensor(out)
+
+    def rate(step: int) -> float:  # 100 warmup steps, then cosine down to a tenth
+        return min(1.0, (step + 1) / 100) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    model.train()
+    for step in range(1, steps + 1):
+        rows = batch()
+        loss = model(input_ids=rows, labels=rows).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        if step % 500 == 0 or step == steps:
+            model.eval()
+            probe = call_probe(model, tokenizer, n=100)
+            model.train()
+            print(
+                f"step {step}: loss {loss.item():.3f}, exact call {probe['call']}, right tool {probe['name']}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,11 +132,17 @@ def main() -> None:
     checking = sub.add_parser("check")
     checking.add_argument("models", nargs="+")
     checking.add_argument("--n", type=int, default=100)
+    learning = sub.add_parser("learn")
+    learning.add_argument("model")
+    learning.add_argument("--steps", type=int, default=1000)
+    learning.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     if args.command == "build":
         build(args.out)
-    else:
+    elif args.command == "check":
         check(args.models, args.n)
+    else:
+        learn(args.model, args.steps, args.lr)
 
 
 if __name__ == "__main__":
