@@ -17,8 +17,10 @@ skill has to come from the base. Two commands:
 ``learn MODEL``
     Trains every tensor of MODEL on call documents alone (plain text, as in pre-training; batch
     16 x 256, AdamW, warmup and cosine decay) and prints :func:`barkit.copying.call_probe` (exact
-    call and right tool on 100 held-out documents) every 500 steps: is the tool choice learnable
-    at this shape, given a dedicated budget? About 0.5 s a step here.
+    call and right tool on 100 held-out documents) every 400 steps: is the tool choice learnable
+    at this shape, given a dedicated budget? ``--layers N`` starts instead from a fresh model of
+    MODEL's shape with N layers, and ``--kinds`` draws other copy documents too (e.g.
+    ``repeat,recall,record,signature,call,call,call,call``). About 0.5 s a step here at 4 layers.
 
 ::
 
@@ -77,16 +79,24 @@ def check(models: list[str], n: int) -> None:
         print(f"{path}: exact call {exact} of {n}, right tool {named} of {n}")
 
 
-def learn(path: str, steps: int, lr: float) -> None:
+def learn(path: str, steps: int, lr: float, layers: int | None, kinds: tuple[str, ...]) -> None:
     import math
 
     import torch
 
-    from barkit.copying import DOCUMENT_KINDS, call_probe
+    from barkit.copying import DOCUMENT_KINDS, call_probe, copy_document
     from barkit.loader import load_model
 
-    model, tokenizer = load_model(path)
     torch.manual_seed(0)
+    model, tokenizer = load_model(path)
+    if layers is not None:  # a fresh model of MODEL's shape with this many layers
+        from transformers import AutoModelForCausalLM
+
+        config = model.config
+        config.num_hidden_layers = layers
+        config.layer_types = None
+        model = AutoModelForCausalLM.from_config(config)
+        print(f"fresh model, {layers} layers, {sum(p.numel() for p in model.parameters()):,} parameters")
     rng = random.Random(0)
     pending: list[int] = []
 
@@ -94,7 +104,9 @@ def learn(path: str, steps: int, lr: float) -> None:
         out = []
         while len(out) < rows:
             while len(pending) < length:
-                text = DOCUMENT_KINDS["call"](rng) + "\n\n"
+                # (one kind: no draw, so the default keeps the documented runs' data)
+                doc = DOCUMENT_KINDS[kinds[0]](rng) if len(kinds) == 1 else copy_document(rng, kinds)
+                text = doc + "\n\n"
                 pending.extend(
                     tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
                 )
@@ -116,7 +128,7 @@ def learn(path: str, steps: int, lr: float) -> None:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
-        if step % 500 == 0 or step == steps:
+        if step % 400 == 0 or step == steps:
             model.eval()
             probe = call_probe(model, tokenizer, n=100)
             model.train()
@@ -136,13 +148,19 @@ def main() -> None:
     learning.add_argument("model")
     learning.add_argument("--steps", type=int, default=1000)
     learning.add_argument("--lr", type=float, default=1e-3)
+    learning.add_argument("--layers", type=int, help="start from scratch with this many layers")
+    learning.add_argument(
+        "--kinds",
+        default="call",
+        help="copy-document kinds to draw, comma-separated (repeat one to weigh it)",
+    )
     args = parser.parse_args()
     if args.command == "build":
         build(args.out)
     elif args.command == "check":
         check(args.models, args.n)
     else:
-        learn(args.model, args.steps, args.lr)
+        learn(args.model, args.steps, args.lr, args.layers, tuple(args.kinds.split(",")))
 
 
 if __name__ == "__main__":
