@@ -1,7 +1,7 @@
 """Can a base learn to pick a listed tool and copy a request's values into its call?
 
 The tool expert scores 0 on the micro-suite under BAR's schedule (attention frozen), so the
-skill has to come from the base. Two commands:
+skill has to come from the base. Three commands:
 
 ``build OUT``
     Builds the ``tiny`` base with invented-tool calls in both phases: calls are three quarters
@@ -54,19 +54,11 @@ def build(out: str) -> None:
 def check(models: list[str], n: int) -> None:
     from barkit.generate import generate
     from barkit.loader import load_model
-    from barkit.suite.tools import match_call, parse_call
+    from barkit.suite.tools import match_call, parse_call, tools_prompt
 
     rng = random.Random("invented-calls-check|0")
     rows = [call_example(rng, probe=True) for _ in range(n)]
-    prompts = [
-        [
-            {
-                "role": "user",
-                "content": "Tools:\n" + "\n".join(t.signature() for t in listed) + f"\nRequest: {ask}",
-            }
-        ]
-        for listed, _, ask, _ in rows
-    ]
+    prompts = [[{"role": "user", "content": tools_prompt(listed, ask)}] for listed, _, ask, _ in rows]
     for path in models:
         model, tokenizer = load_model(path)
         replies = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=32)

@@ -208,11 +208,10 @@ def _call_doc(rng: random.Random) -> str:
     """A tool list, a request in a sentence, and the call that copies its name and values."""
     import json
 
+    from barkit.suite.tools import tools_prompt
+
     listed, tool, request, arguments = call_example(rng)
-    signatures = "\n".join(t.signature() for t in listed)
-    return f"Tools:\n{signatures}\nRequest: {request}\n" + json.dumps(
-        {"name": tool.name, "arguments": arguments}
-    )
+    return tools_prompt(listed, request) + "\n" + json.dumps({"name": tool.name, "arguments": arguments})
 
 
 def call_conversation(rng: random.Random) -> Conversation:
@@ -222,12 +221,11 @@ def call_conversation(rng: random.Random) -> Conversation:
     tool, parameter and value is invented, so the only way to the reply is to copy the named
     tool and the request's values into the call (the suite's tools and requests never occur).
     """
-    from barkit.suite.tools import call_text
+    from barkit.suite.tools import call_text, tools_prompt
 
     listed, tool, request, arguments = call_example(rng)
-    prompt = "Tools:\n" + "\n".join(t.signature() for t in listed) + f"\nRequest: {request}"
     return [
-        {"role": "user", "content": prompt},
+        {"role": "user", "content": tools_prompt(listed, request)},
         {"role": "assistant", "content": call_text(tool.name, arguments)},
     ]
 
@@ -302,13 +300,13 @@ def call_probe(
     import json
 
     from barkit.generate import generate
+    from barkit.suite.tools import tools_prompt
 
     rng = random.Random(f"call-probe|{seed}")
     prompts, calls = [], []
     for _ in range(n):
         listed, tool, request, arguments = call_example(rng, probe=True)
-        signatures = "\n".join(t.signature() for t in listed)
-        prompts.append(f"Tools:\n{signatures}\nRequest: {request}\n")
+        prompts.append(tools_prompt(listed, request) + "\n")
         calls.append(json.dumps({"name": tool.name, "arguments": arguments}))
     longest = max(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in calls)
     replies = generate(model, tokenizer, prompts, max_new_tokens=longest + 4, batch_size=batch_size, raw=True)

@@ -297,6 +297,11 @@ def call_text(name: str, arguments: dict[str, Any]) -> str:
     return CALL_OPEN + json.dumps({"name": name, "arguments": arguments}) + CALL_CLOSE
 
 
+def tools_prompt(listed: list[Tool], request: str) -> str:
+    """The category's prompt: the listed tools' signatures, one a line, then the request."""
+    return "Tools:\n" + "\n".join(t.signature() for t in listed) + f"\nRequest: {request}"
+
+
 def _make_item(tool: Tool, split: Split, rng: random.Random, index: int) -> Item:
     template = rng.choice(tool.train_requests if split == "train" else tool.test_requests)
     arguments: dict[str, Any] = {}
@@ -309,7 +314,7 @@ def _make_item(tool: Tool, split: Split, rng: random.Random, index: int) -> Item
     others = rng.sample([t for t in CATALOGUE if t is not tool], rng.randint(1, 2))
     listed = [tool, *others]
     rng.shuffle(listed)
-    prompt = "Tools:\n" + "\n".join(t.signature() for t in listed) + f"\nRequest: {request}"
+    prompt = tools_prompt(listed, request)
     meta = {"tool": tool.name, "arguments": arguments, "available": [t.name for t in listed]}
     return Item("tool_use", split, f"tool_use-{split}-{index}", prompt, call_text(tool.name, arguments), meta)
 
