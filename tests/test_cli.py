@@ -34,6 +34,21 @@ from barkit.cli import EXIT_USER_ERROR, main
             ["train", "b", "--stage", "sft", "--domain", "tool_use", "--out", "o", "--synthetic", "nope=1"],
             "unknown synthetic data 'nope'",
         ),
+        (
+            [
+                "train",
+                "b",
+                "--stage",
+                "sft",
+                "--domain",
+                "tool_use",
+                "--out",
+                "o",
+                "--augment",
+                "tool_calls=x",
+            ],
+            "expected NAME=RATIO, e.g. tool_calls=2",
+        ),
     ],
 )
 def test_usage_errors_exit_2_without_traceback(

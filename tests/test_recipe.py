@@ -85,10 +85,11 @@ def test_errors_name_field_and_file(tmp_path: Path, data: dict, field: str) -> N
 
 
 def test_stage_synthetic_data_reaches_its_config() -> None:
-    stages = [{"kind": "sft", "synthetic": {"invented_calls": 1.0}}]
+    stages = [{"kind": "sft", "synthetic": {"invented_calls": 1.0}, "augment": {"tool_calls": 2}}]
     recipe = parse_recipe({"experts": {"t": {"domain": "tool_use", "stages": stages}}}, "r.yaml")
     plan = recipe.experts["t"].stages[0].plan("tool_use", recipe.preset, recipe.seed)
     assert plan.cfg.synthetic == {"invented_calls": 1.0}
+    assert plan.cfg.augment == {"tool_calls": 2.0}
     assert parse_recipe(yaml.safe_load(to_yaml(recipe)), "roundtrip") == recipe
 
 

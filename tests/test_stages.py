@@ -202,6 +202,29 @@ def test_synthetic_conversations_join_the_domain_data(world: dict[str, Any]) -> 
         resolve_stage("midtrain", "math", "micro", overrides={"synthetic": {"repeat": 1.0}})
 
 
+def test_augmented_copies_join_the_domain_data(world: dict[str, Any]) -> None:
+    man = run_domain_stage(
+        world["root"] / "tool_branch",
+        stage="sft",
+        domain="tool_use",
+        out_dir=world["root"] / "tool_sft_augmented",
+        preset="micro",
+        steps=1,
+        overrides={"augment": {"tool_calls": 2.0}},
+        progress=False,
+    )
+    n = man["data"]["domain_items"]
+    assert man["data"]["augmented"] == {"tool_calls": 2 * n}  # every suite tool item has a call
+    assert man["config"]["augment"] == {"tool_calls": 2.0}
+    assert "augment" not in resolve_stage("sft", "tool_use", "micro").cfg.model_dump()
+    with pytest.raises(ConfigError, match="unknown augmentation 'nope'"):
+        resolve_stage("sft", "tool_use", "micro", overrides={"augment": {"nope": 1.0}})
+    with pytest.raises(ConfigError, match="in \\(0, 10\\]"):
+        resolve_stage("sft", "tool_use", "micro", overrides={"augment": {"tool_calls": 0.0}})
+    with pytest.raises(ConfigError, match="'augment' adds conversations: it applies to SFT stages"):
+        resolve_stage("midtrain", "math", "micro", overrides={"augment": {"tool_calls": 1.0}})
+
+
 # ----------------------------------------------------------------------------- special tokens
 
 

@@ -98,6 +98,21 @@ def test_sft_on_a_users_jsonl(world: dict[str, Path], tmp_path: Path, form: str)
     assert _anchor_intact(world["branch"], out) == []
 
 
+def test_sft_augments_a_users_tool_calls(world: dict[str, Path], tmp_path: Path) -> None:
+    """``--augment tool_calls=2`` on a user's file: two copies of each row that holds a call, none
+    of a row without one; the manifest counts the file's own rows apart from the copies."""
+    from barkit.suite import draw_items
+
+    calls = [{"messages": i.messages()} for i in draw_items("tool_use", "train", 10, 0)]
+    chats = [{"messages": i.messages()} for i in _math_items(6)]
+    path = write_jsonl(tmp_path / "tools.jsonl", calls + chats)
+    out = tmp_path / "sft"
+    argv = ["--stage", "sft", "--data", str(path), "--name", "tools", "--augment", "tool_calls=2"]
+    assert train(world, out, *argv) == 0
+    data = read_manifest(out)["data"]
+    assert data["domain_items"] == 16 and data["augmented"] == {"tool_calls": 20}
+
+
 def test_midtrain_on_text_with_general_data(world: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "mid"
     args = ["--stage", "midtrain", "--data", str(world["text"]), "--general-data", str(world["text"])]

@@ -79,6 +79,10 @@ class StageSpec(_Strict):
         None,
         description="sft: synthetic conversations per domain item, by generator (invented_calls, repeat)",
     )
+    augment: dict[str, float] | None = Field(
+        None,
+        description="sft: augmented copies per domain conversation, by augmentation (tool_calls)",
+    )
     data: str | None = Field(None, description="the user's file for this stage instead of the suite")
     general_data: str | None = Field(None, description="general data mixed into data (same format)")
     verifier: str | None = Field(None, description="rlvr on data: a verifier name or module:function")
@@ -128,6 +132,8 @@ class StageSpec(_Strict):
             fields["add_special_tokens"] = list(self.add_special_tokens)
         if self.synthetic is not None:
             fields["synthetic"] = dict(self.synthetic)
+        if self.augment is not None:
+            fields["augment"] = dict(self.augment)
         return resolve_stage(self.kind, domain, preset, self.steps, seed, fields, data=self.user_data())
 
 

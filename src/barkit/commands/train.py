@@ -27,19 +27,17 @@ def _list(value: str | None, flag: str) -> list[str] | None:
     return items
 
 
-def _synthetic(value: str | None) -> dict[str, float] | None:
+def _ratios(value: str | None, flag: str, example: str) -> dict[str, float] | None:
     """``NAME=RATIO[,NAME=RATIO]`` as a mapping (ConfigError on a malformed entry)."""
     if value is None:
         return None
     out: dict[str, float] = {}
-    for entry in _list(value, "--synthetic") or []:
+    for entry in _list(value, flag) or []:
         name, sep, ratio = entry.partition("=")
         try:
             out[name.strip()] = float(ratio) if sep else 1.0
         except ValueError:
-            raise ConfigError(
-                f"--synthetic {entry!r}: expected NAME=RATIO, e.g. invented_calls=1.0"
-            ) from None
+            raise ConfigError(f"{flag} {entry!r}: expected NAME=RATIO, e.g. {example}") from None
     return out
 
 
@@ -120,6 +118,14 @@ def main(
             "(invented_calls: calls of invented tools; repeat: verbatim repeats).",
         ),
     ] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option(
+            "--augment",
+            help="SFT: augmented copies added per domain conversation, NAME=RATIO,... "
+            "(tool_calls: fresh argument values, renamed enum members, reworded requests).",
+        ),
+    ] = None,
     trainable: Annotated[
         str | None,
         typer.Option(
@@ -177,7 +183,8 @@ def main(
         checkpoint_every=checkpoint_every,
         dtype=dtype,
         gradient_checkpointing=gradient_checkpointing or None,
-        synthetic=_synthetic(synthetic),
+        synthetic=_ratios(synthetic, "--synthetic", "invented_calls=1.0"),
+        augment=_ratios(augment, "--augment", "tool_calls=2"),
     )
     if data is not None:
         from barkit.train.file_data import user_data

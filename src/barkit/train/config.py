@@ -100,6 +100,11 @@ class StageConfig(BaseModel):
         description="Synthetic conversations added to an SFT stage's domain data: generator name "
         "(barkit.copying.SYNTHETIC: invented_calls, repeat) -> how many per domain item.",
     )
+    augment: dict[str, float] = Field(
+        default_factory=dict,
+        description="Augmented copies of an SFT stage's domain conversations: augmentation name "
+        "(barkit.augment.AUGMENT: tool_calls) -> copies per domain conversation.",
+    )
     dtype: Literal["float32", "bfloat16"] = Field(
         default="float32",
         description="Dtype the model is loaded and trained in; bfloat16 halves memory for models that "
@@ -133,6 +138,18 @@ class StageConfig(BaseModel):
                 raise ValueError(f"synthetic {name}: per domain item must be in (0, 10], got {ratio}")
         return v
 
+    @field_validator("augment")
+    @classmethod
+    def _known_augment(cls, v: dict[str, float]) -> dict[str, float]:
+        from barkit.augment import AUGMENT
+
+        for name, ratio in v.items():
+            if name not in AUGMENT:
+                raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENT)}")
+            if not 0.0 < ratio <= 10.0:
+                raise ValueError(f"augment {name}: copies per domain item must be in (0, 10], got {ratio}")
+        return v
+
     @field_validator("kind")
     @classmethod
     def _registered(cls, v: str) -> str:
@@ -150,7 +167,12 @@ class StageConfig(BaseModel):
 
 
 #: StageConfig fields added after pipelines first keyed on its dump, with their defaults
-_LATER_DEFAULTS: dict[str, Any] = {"dtype": "float32", "gradient_checkpointing": False, "synthetic": {}}
+_LATER_DEFAULTS: dict[str, Any] = {
+    "dtype": "float32",
+    "gradient_checkpointing": False,
+    "synthetic": {},
+    "augment": {},
+}
 
 
 class GRPOConfig(BaseModel):

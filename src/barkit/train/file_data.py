@@ -191,6 +191,7 @@ def _text_objective(inp: ObjectiveInput, data: UserData) -> tuple[Objective, dic
 
 
 def _chat_objective(inp: ObjectiveInput, data: UserData) -> tuple[Objective, dict[str, Any]]:
+    from barkit.augment import with_augmented
     from barkit.train.data import TokenStore, pack_examples
     from barkit.train.objectives import SFTObjective, pad_id_of
     from barkit.train.stage_data import synthetic_conversations
@@ -198,16 +199,23 @@ def _chat_objective(inp: ObjectiveInput, data: UserData) -> tuple[Objective, dic
 
     tok, cfg = inp.tokenizer, inp.cfg
     store = TokenStore(masked=True)
-    n = store.add_examples(encode_chat(tok, c, cfg.seq_len) for c in iter_sft(data.path))
-    synthetic = store.add_examples(encode_chat(tok, c, cfg.seq_len) for c in synthetic_conversations(cfg, n))
+    augmented: dict[str, int] = {}
+    rows_in = with_augmented(iter_sft(data.path), cfg.augment, cfg.seed, augmented)
+    n = store.add_examples(encode_chat(tok, c, cfg.seq_len) for c in rows_in)
+    own = n - sum(augmented.values())  # the file's rows; augmented copies follow each of them
+    synthetic = store.add_examples(
+        encode_chat(tok, c, cfg.seq_len) for c in synthetic_conversations(cfg, own)
+    )
     general = _general_path(data, inp)
     m = store.add_examples(encode_chat(tok, c, cfg.seq_len) for c in iter_sft(general)) if general else 0
     order = _mixed_order(n + synthetic, m, inp)
     rows = pack_examples((store.example(i) for i in order), cfg.seq_len, pad_id_of(tok))
     objective = SFTObjective(rows, cfg.batch_size, cfg.seed, cfg.aux_loss_coef)
-    summary = {"domain_items": n, "general_pool": m, "rows": len(rows)}
+    summary: dict[str, Any] = {"domain_items": own, "general_pool": m, "rows": len(rows)}
     if synthetic:
         summary["synthetic"] = synthetic
+    if augmented:
+        summary["augmented"] = augmented
     return objective, summary
 
 

@@ -106,16 +106,21 @@ def synthetic_conversations(cfg: StageConfig, n_domain: int) -> list[Conversatio
 
 
 def chat_objective(inp: ObjectiveInput) -> tuple[Objective, dict[str, Any]]:
-    """Domain conversations (plus any synthetic ones) mixed with general ones, loss on assistant
-    tokens (``sft``, ``router``)."""
+    """Domain conversations (plus any augmented copies and synthetic ones) mixed with general
+    ones, loss on assistant tokens (``sft``, ``router``)."""
+    from barkit.augment import with_augmented
     from barkit.train.objectives import SFTObjective
 
     items, general = _domain_items(inp)
     synthetic = synthetic_conversations(inp.cfg, len(items))
-    data = {"domain_items": len(items), "general_pool": len(general)}
+    data: dict[str, Any] = {"domain_items": len(items), "general_pool": len(general)}
     if synthetic:
         data["synthetic"] = len(synthetic)
-    convs, general_convs = [i.messages() for i in items] + synthetic, [g.messages() for g in general]
+    augmented: dict[str, int] = {}
+    domain = list(with_augmented((i.messages() for i in items), inp.cfg.augment, inp.cfg.seed, augmented))
+    if augmented:
+        data["augmented"] = augmented
+    convs, general_convs = domain + synthetic, [g.messages() for g in general]
     return SFTObjective.from_conversations(inp.tokenizer, inp.cfg, convs, general_convs), data
 
 

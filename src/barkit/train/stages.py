@@ -129,10 +129,11 @@ def resolve_stage(
     extra = parse_overrides(overrides)
     if extra.grpo is not None and not spec.rl:
         raise ConfigError(f"stage override 'grpo' only applies to rlvr, not {stage}")
-    if extra.synthetic and spec.data_kind != "sft":
-        raise ConfigError(
-            f"stage override 'synthetic' adds conversations: it applies to SFT stages, not {stage}"
-        )
+    for added in ("synthetic", "augment"):
+        if getattr(extra, added) and spec.data_kind != "sft":
+            raise ConfigError(
+                f"stage override {added!r} adds conversations: it applies to SFT stages, not {stage}"
+            )
     fields = extra.model_dump(exclude={"add_special_tokens", "grpo"})
     if "trainable" not in fields and source.trainable is not None:
         fields["trainable"] = list(source.trainable)
