@@ -31,10 +31,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from barkit.copying import _CLOSERS, _LINKS, _OPENERS, _syllables
+from barkit.suite.tools import REQUEST_MARK, _spoken, call_text, parse_call
 
 Conversation = list[dict[str, str]]
 
-REQUEST_MARK = "Request: "
+# An enum parameter as a signature lists it: ``name: a|b|c`` or ``name?: a|b|c`` (members only).
+_MEMBERS = r"\??: ([\w ]+(?:\|[\w ]+)+)"
 # Letters drawn for invented words, roughly in English proportions, so that the words break into
 # word pieces the way unseen names do (single letters, short pieces), not only syllable pairs.
 _LETTERS = "eeeeaaaoooiiinnsshhrrddllcumwfgypbvk"
@@ -70,10 +72,6 @@ def fresh_value(value: Any, rng: random.Random) -> Any:
     return " ".join(words)
 
 
-def _spoken(value: Any) -> str:
-    return ("on" if value else "off") if isinstance(value, bool) else str(value)
-
-
 def _whole(text: str) -> re.Pattern[str]:
     return re.compile(r"(?<![\w])" + re.escape(text) + r"(?![\w])")
 
@@ -93,7 +91,7 @@ def _rename_enums(
     renaming per member set, so ``source`` and ``target`` currencies stay the same set)."""
     renames: dict[str, str] = {}
     for name in arguments:
-        listed = re.search(re.escape(name) + r"\??: ([\w ]+(?:\|[\w ]+)+)", listing)
+        listed = re.search(re.escape(name) + _MEMBERS, listing)
         if listed is None:
             continue
         members = listed.group(1).split("|")
@@ -107,8 +105,10 @@ def _rename_enums(
         if isinstance(value, str) and value in renames:
             arguments[name] = renames[value]
     listing = re.sub(
-        r"(\??: )([\w ]+(?:\|[\w ]+)+)",
-        lambda m: m.group(1) + "|".join(renames.get(x, x) for x in m.group(2).split("|")),
+        _MEMBERS,
+        lambda m: (
+            m.group(0)[: m.start(1) - m.start(0)] + "|".join(renames.get(x, x) for x in m.group(1).split("|"))
+        ),
         listing,
     )
     for old, new_member in renames.items():
@@ -165,8 +165,6 @@ def _rebuilt(request: str, said: dict[str, str], rng: random.Random) -> str:
 def tool_call_variant(conversation: Conversation, rng: random.Random) -> Conversation | None:
     """An augmented copy of a tool-call conversation (see the module docstring), or None when its
     last assistant turn holds no call or its last user turn states none of the call's values."""
-    from barkit.suite.tools import call_text, parse_call
-
     users = [i for i, m in enumerate(conversation) if m["role"] == "user"]
     answers = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
     if not users or not answers or answers[-1] < users[-1]:

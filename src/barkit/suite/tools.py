@@ -297,9 +297,13 @@ def call_text(name: str, arguments: dict[str, Any]) -> str:
     return CALL_OPEN + json.dumps({"name": name, "arguments": arguments}) + CALL_CLOSE
 
 
+#: what starts the request's line in :func:`tools_prompt` (after the signatures)
+REQUEST_MARK = "Request: "
+
+
 def tools_prompt(listed: list[Tool], request: str) -> str:
     """The category's prompt: the listed tools' signatures, one a line, then the request."""
-    return "Tools:\n" + "\n".join(t.signature() for t in listed) + f"\nRequest: {request}"
+    return "Tools:\n" + "\n".join(t.signature() for t in listed) + f"\n{REQUEST_MARK}{request}"
 
 
 def _make_item(tool: Tool, split: Split, rng: random.Random, index: int) -> Item:

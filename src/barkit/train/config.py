@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_serializer,
@@ -126,28 +127,25 @@ class StageConfig(BaseModel):
                 data.pop(name, None)
         return data
 
-    @field_validator("synthetic")
+    @field_validator("synthetic", "augment")
     @classmethod
-    def _known_synthetic(cls, v: dict[str, float]) -> dict[str, float]:
-        from barkit.copying import SYNTHETIC
+    def _known_generators(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        """Each named generator exists and adds 0 < ratio <= 10 conversations per domain item."""
+        if info.field_name == "synthetic":
+            from barkit.copying import SYNTHETIC
 
+            known = list(SYNTHETIC)
+            unknown, per_item = "unknown synthetic data", "synthetic {}: per domain item"
+        else:
+            from barkit.augment import AUGMENT
+
+            known = list(AUGMENT)
+            unknown, per_item = "unknown augmentation", "augment {}: copies per domain item"
         for name, ratio in v.items():
-            if name not in SYNTHETIC:
-                raise ValueError(f"unknown synthetic data {name!r}; known: {', '.join(SYNTHETIC)}")
+            if name not in known:
+                raise ValueError(f"{unknown} {name!r}; known: {', '.join(known)}")
             if not 0.0 < ratio <= 10.0:
-                raise ValueError(f"synthetic {name}: per domain item must be in (0, 10], got {ratio}")
-        return v
-
-    @field_validator("augment")
-    @classmethod
-    def _known_augment(cls, v: dict[str, float]) -> dict[str, float]:
-        from barkit.augment import AUGMENT
-
-        for name, ratio in v.items():
-            if name not in AUGMENT:
-                raise ValueError(f"unknown augmentation {name!r}; known: {', '.join(AUGMENT)}")
-            if not 0.0 < ratio <= 10.0:
-                raise ValueError(f"augment {name}: copies per domain item must be in (0, 10], got {ratio}")
+                raise ValueError(f"{per_item.format(name)} must be in (0, 10], got {ratio}")
         return v
 
     @field_validator("kind")
