@@ -18,8 +18,12 @@ skill has to come from the base. Four commands:
     Continues MODEL's post-training, every tensor, on invented-tool conversations mixed one to
     one with the suite's general conversations (lr 1e-3 with warmup and cosine decay, batch
     16, ``--steps`` 2000): a quick measure of what practice on invented calls gives a finished
-    base. About 14 minutes at two threads here. It has no "repeat exactly" conversations: the
-    copy probe of such a base falls to 0 (docs/results/README.md, "Tool use: augmented calls").
+    base. About 14 minutes at two threads here. By default it has no "repeat exactly"
+    conversations and the copy probe of such a base falls to 0 (docs/results/README.md, "Tool
+    use: augmented calls"); ``--copy 0.1`` adds them, ``--arithmetic 0.2`` keeps a share of
+    worked-arithmetic rows (as the base recipe's post-training does) and ``--rich`` draws the
+    calls from a grammar of many sentence shapes (:func:`rich_example`) instead of
+    :mod:`barkit.copying`'s one (about 20 minutes with all three).
 
 ``learn MODEL``
     Trains every tensor of MODEL on call documents alone (plain text, as in pre-training; batch
@@ -42,6 +46,7 @@ from __future__ import annotations
 import argparse
 import random
 from dataclasses import replace
+from typing import Any
 
 from barkit.copying import CLASSIC_KINDS, call_example
 
@@ -136,9 +141,161 @@ def learn(path: str, steps: int, lr: float, layers: int | None, kinds: tuple[str
             )
 
 
-def post(path: str, out: str, steps: int, lr: float) -> None:
+# Generic filler for the rich grammar: common words, never a value, written without the suite's
+# request templates in view of any particular tool.
+_FILL = ("me", "my", "the", "a", "some", "that", "it", "just", "also", "again", "today", "soon")
+_RICH_OPENERS = (
+    "",
+    "please",
+    "can you",
+    "could you",
+    "would you",
+    "I want to",
+    "I would like to",
+    "go ahead and",
+    "hey,",
+    "ok,",
+    "I need to",
+    "time to",
+    "let us",
+    "help me",
+    "you should",
+    "one more thing:",
+)
+_RICH_CLOSERS = ("", "", " please", " now", " for me", " thanks", " today", " if you can", " again", " soon")
+
+
+def rich_value(rng: random.Random, param: Any) -> tuple[Any, str]:
+    """Like barkit.copying's values, with more shapes for strings: capitals, letters, times."""
+    from barkit.copying import CONSONANTS, VOWELS, _syllables, _value
+
+    if param.enum or param.type != "string":
+        return _value(rng, param)
+    kind = rng.random()
+    if kind < 0.15:  # an upper-case code of letters
+        text = "".join(rng.choice(CONSONANTS + VOWELS).upper() for _ in range(rng.randint(3, 5)))
+    elif kind < 0.25:  # a time of day
+        text = f"{rng.randint(6, 23)}:{rng.choice(('00', '15', '30', '45'))}"
+    else:
+        words = [_syllables(rng, 1, 3) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
+        if rng.random() < 0.5:
+            words = [w.capitalize() for w in words]
+        text = " ".join(words)
+    return text, text
+
+
+def _rich_phrase(rng: random.Random, name: str, said: str, boolean: bool) -> str:
+    """One way of stating a value in a sentence (the slot's name is said in about half)."""
+    from barkit.copying import _LINKS
+
+    link = rng.choice(_LINKS)
+    if boolean:
+        forms = (
+            "{link} {name} {said}",
+            "{name} {said}",
+            "{name}: {said}",
+            "{name} set {said}",
+            "with {name} {said}",
+            "{name} turned {said}",
+        )
+    else:
+        forms = (
+            "{link} {said}",
+            "{link} {said}",
+            "{said}",
+            "{said}",
+            "{link} the {name} {said}",
+            "{name} {said}",
+            "{name}: {said}",
+            "{name} = {said}",
+            "{name} is {said}",
+            "{said} as {name}",
+            "{said} for the {name}",
+            "called {said}",
+            "named {said}",
+            "the {said} one",
+            "{link} {fill} {said}",
+            "{name} of {said}",
+        )
+    return rng.choice(forms).format(link=link, name=name, said=said, fill=rng.choice(_FILL))
+
+
+def rich_example(rng: random.Random) -> tuple[list[Any], Any, str, dict[str, Any]]:
+    """An invented-tool call whose request uses many sentence shapes (barkit.copying's has one)."""
+    from barkit.copying import _invented_tool
+
+    taken: set[str] = set()
+    tools = [_invented_tool(rng, taken) for _ in range(rng.randint(2, 3))]
+    tool, cue = tools[0]
+    arguments: dict[str, Any] = {}
+    phrases: list[str] = []
+    for param in tool.params:
+        if not param.required and rng.random() < 0.5:
+            continue
+        value, said = rich_value(rng, param)
+        arguments[param.name] = value
+        phrases.append(_rich_phrase(rng, param.name, said, param.type == "boolean"))
+    rng.shuffle(phrases)
+    shape = rng.random()
+    if shape < 0.45:  # opener, cue and phrases in any order
+        where = rng.randint(0, len(phrases))
+        words = [rng.choice(_RICH_OPENERS), *phrases[:where], cue, *phrases[where:]]
+        request = (
+            " ".join(w for w in words if w) + rng.choice(_RICH_CLOSERS) + rng.choice((".", "?", "!", ""))
+        )
+    elif shape < 0.6:  # terse: cue, then the values in a comma list
+        request = f"{cue}{rng.choice((':', ','))} " + ", ".join(phrases) + rng.choice((".", ""))
+    elif shape < 0.75:  # the values first, then the ask
+        request = ", ".join(phrases) + f" - {rng.choice(_RICH_OPENERS)} {cue} {rng.choice(_FILL)}".replace(
+            "  ", " "
+        )
+        request += rng.choice((".", "?", "!"))
+    elif shape < 0.9:  # a question
+        head = rng.choice(("what is the", "how is the", "can I get the", "what about the", "is there a"))
+        request = f"{head} {cue} " + " ".join(phrases) + "?"
+    else:  # two sentences
+        request = (
+            f"{rng.choice(_RICH_OPENERS)} {cue} {rng.choice(_FILL)}.".strip()
+            + " "
+            + " and ".join(phrases)
+            + "."
+        )
+    listed = [t for t, _ in tools]
+    rng.shuffle(listed)
+    request = request.strip()
+    return listed, tool, request[0].upper() + request[1:], arguments
+
+
+def rich_conversation(rng: random.Random) -> list[dict[str, str]]:
+    from barkit.suite.tools import call_text, tools_prompt
+
+    listed, tool, request, arguments = rich_example(rng)
+    return [
+        {"role": "user", "content": tools_prompt(listed, request)},
+        {"role": "assistant", "content": call_text(tool.name, arguments)},
+    ]
+
+
+def post(
+    path: str,
+    out: str,
+    steps: int,
+    lr: float,
+    rich: bool = False,
+    copy: float = 0.0,
+    arithmetic: float = 0.0,
+    text: str | None = None,
+    text_share: float = 0.5,
+) -> None:
     """Continue MODEL's post-training, every tensor, on invented-tool conversations mixed one to
-    one with the suite's general ones (knowledge, reasoning, chat); write a base to OUT."""
+    one with the suite's general ones (knowledge, reasoning, chat); write a base to OUT.
+
+    ``rich`` draws the calls from :func:`rich_example`; ``copy`` adds that share (of the general
+    conversations) of "repeat exactly" conversations to the general side; ``arithmetic`` makes
+    that share of the rows worked arithmetic (the base recipe's ``arithmetic_post``); ``text`` (a
+    JSONL file of ``{"text": ...}`` rows, e.g. from ``everyday_requests.py``) takes the calls'
+    place: rows of those texts one after another, the loss on every token, ``text_share`` of the
+    rows that are not arithmetic."""
     import hashlib
     import json
     import math
@@ -147,7 +304,8 @@ def post(path: str, out: str, steps: int, lr: float) -> None:
 
     import torch
 
-    from barkit.copying import call_conversation
+    from barkit.base import arithmetic_rows
+    from barkit.copying import call_conversation, copy_conversation
     from barkit.loader import load_model
     from barkit.suite import draw_items
     from barkit.userdata import encode_chat
@@ -158,7 +316,19 @@ def post(path: str, out: str, steps: int, lr: float) -> None:
     general = [
         i.messages() for c in ("knowledge", "reasoning", "chat") for i in draw_items(c, "train", 1000, 0)
     ]
-    pools = [[call_conversation(rng) for _ in range(8 * steps)], general]
+    general += [copy_conversation(rng) for _ in range(round(len(general) * copy))]
+    make = rich_conversation if rich else call_conversation
+    pools = [[make(rng) for _ in range(8 * steps)], general]
+    sums = arithmetic_rows(tokenizer, arithmetic, 16 * steps, 256, 1) if arithmetic else None
+    lines = [json.loads(line)["text"] for line in Path(text).read_text().splitlines()] if text else []
+    encoded = [tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in lines]
+
+    def text_row() -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        while len(ids) < 256:
+            ids += rng.choice(encoded)
+        return ids[:256], [1] * 256
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     pad = tokenizer.pad_token_id
     model.train()
@@ -166,7 +336,20 @@ def post(path: str, out: str, steps: int, lr: float) -> None:
         rate = min(1.0, (step + 1) / 50) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
         for group in optimizer.param_groups:
             group["lr"] = lr * rate
-        rows = [encode_chat(tokenizer, rng.choice(pools[rng.randrange(2)]), 256) for _ in range(16)]
+        rows = []
+        for _ in range(16):
+            if sums is not None and rng.random() < arithmetic:
+                k = rng.randrange(len(sums.input_ids))
+                ids_k = sums.input_ids[k][sums.attention_mask[k].bool()].tolist()
+                rows.append((ids_k, [1] * len(ids_k)))
+            elif encoded and rng.random() < text_share:
+                rows.append(text_row())
+            else:
+                rows.append(
+                    encode_chat(
+                        tokenizer, rng.choice(pools[rng.randrange(2)] if not encoded else general), 256
+                    )
+                )
         width = max(len(ids) for ids, _ in rows)
         ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
         labels = torch.tensor(
@@ -188,7 +371,15 @@ def post(path: str, out: str, steps: int, lr: float) -> None:
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     manifest = json.loads((Path(path) / "barkit.json").read_text())
-    settings = {"parent": manifest["fingerprint"], "invented_calls": 0.5, "steps": steps, "lr": lr}
+    settings = {
+        "parent": manifest["fingerprint"],
+        "invented_calls": 0.0 if text else 0.5,
+        "steps": steps,
+        "lr": lr,
+    }
+    extra = (("rich", rich), ("copy", copy), ("arithmetic", arithmetic), ("text", text and Path(text).name))
+    extra += (("text_share", text_share if text else 0.0),)
+    settings.update({k: v for k, v in extra if v})
     manifest.update(
         continued=settings,
         fingerprint=hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16],
@@ -221,11 +412,26 @@ def main() -> None:
     posting.add_argument("out")
     posting.add_argument("--steps", type=int, default=2000)
     posting.add_argument("--lr", type=float, default=1e-3)
+    posting.add_argument("--rich", action="store_true", help="calls with many sentence shapes")
+    posting.add_argument("--copy", type=float, default=0.0, help="share of 'repeat exactly' conversations")
+    posting.add_argument("--arithmetic", type=float, default=0.0, help="share of worked-arithmetic rows")
+    posting.add_argument("--text", help="JSONL of {'text': ...} rows to train on in place of the calls")
+    posting.add_argument("--text-share", type=float, default=0.5, help="share of the --text rows")
     args = parser.parse_args()
     if args.command == "build":
         build(args.out)
     elif args.command == "post":
-        post(args.model, args.out, args.steps, args.lr)
+        post(
+            args.model,
+            args.out,
+            args.steps,
+            args.lr,
+            args.rich,
+            args.copy,
+            args.arithmetic,
+            args.text,
+            args.text_share,
+        )
     elif args.command == "check":
         check(args.models, args.n)
     else:
