@@ -318,7 +318,8 @@ def post(
     ]
     general += [copy_conversation(rng) for _ in range(round(len(general) * copy))]
     make = rich_conversation if rich else call_conversation
-    pools = [[make(rng) for _ in range(8 * steps)], general]
+    # drawn even when --text takes their place, so that every run draws its rows the same way
+    calls = [make(rng) for _ in range(8 * steps)]
     sums = arithmetic_rows(tokenizer, arithmetic, 16 * steps, 256, 1) if arithmetic else None
     lines = [json.loads(line)["text"] for line in Path(text).read_text().splitlines()] if text else []
     encoded = [tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in lines]
@@ -345,11 +346,8 @@ def post(
             elif encoded and rng.random() < text_share:
                 rows.append(text_row())
             else:
-                rows.append(
-                    encode_chat(
-                        tokenizer, rng.choice(pools[rng.randrange(2)] if not encoded else general), 256
-                    )
-                )
+                pool = general if encoded else (calls, general)[rng.randrange(2)]
+                rows.append(encode_chat(tokenizer, rng.choice(pool), 256))
         width = max(len(ids) for ids, _ in rows)
         ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
         labels = torch.tensor(
