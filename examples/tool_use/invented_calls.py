@@ -184,12 +184,12 @@ def rich_value(rng: random.Random, param: Any) -> tuple[Any, str]:
     return text, text
 
 
-def _rich_phrase(rng: random.Random, name: str, said: str, boolean: bool) -> str:
+def _rich_phrase(rng: random.Random, param: Any, said: str) -> str:
     """One way of stating a value in a sentence (the slot's name is said in about half)."""
     from barkit.copying import _LINKS
 
     link = rng.choice(_LINKS)
-    if boolean:
+    if param.type == "boolean":
         forms = (
             "{link} {name} {said}",
             "{name} {said}",
@@ -217,25 +217,14 @@ def _rich_phrase(rng: random.Random, name: str, said: str, boolean: bool) -> str
             "{link} {fill} {said}",
             "{name} of {said}",
         )
-    return rng.choice(forms).format(link=link, name=name, said=said, fill=rng.choice(_FILL))
+    return rng.choice(forms).format(link=link, name=param.name, said=said, fill=rng.choice(_FILL))
 
 
 def rich_example(rng: random.Random) -> tuple[list[Any], Any, str, dict[str, Any]]:
     """An invented-tool call whose request uses many sentence shapes (barkit.copying's has one)."""
-    from barkit.copying import _invented_tool
+    from barkit.copying import invented_call
 
-    taken: set[str] = set()
-    tools = [_invented_tool(rng, taken) for _ in range(rng.randint(2, 3))]
-    tool, cue = tools[0]
-    arguments: dict[str, Any] = {}
-    phrases: list[str] = []
-    for param in tool.params:
-        if not param.required and rng.random() < 0.5:
-            continue
-        value, said = rich_value(rng, param)
-        arguments[param.name] = value
-        phrases.append(_rich_phrase(rng, param.name, said, param.type == "boolean"))
-    rng.shuffle(phrases)
+    listed, tool, cue, arguments, phrases = invented_call(rng, rich_value, _rich_phrase)
     shape = rng.random()
     if shape < 0.45:  # opener, cue and phrases in any order
         where = rng.randint(0, len(phrases))
@@ -260,20 +249,15 @@ def rich_example(rng: random.Random) -> tuple[list[Any], Any, str, dict[str, Any
             + " and ".join(phrases)
             + "."
         )
-    listed = [t for t, _ in tools]
     rng.shuffle(listed)
     request = request.strip()
     return listed, tool, request[0].upper() + request[1:], arguments
 
 
 def rich_conversation(rng: random.Random) -> list[dict[str, str]]:
-    from barkit.suite.tools import call_text, tools_prompt
+    from barkit.copying import call_turn
 
-    listed, tool, request, arguments = rich_example(rng)
-    return [
-        {"role": "user", "content": tools_prompt(listed, request)},
-        {"role": "assistant", "content": call_text(tool.name, arguments)},
-    ]
+    return call_turn(*rich_example(rng))
 
 
 def post(

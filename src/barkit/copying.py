@@ -175,11 +175,24 @@ def _value(rng: random.Random, param: Any) -> tuple[Any, str]:
     return text, text
 
 
-def call_example(rng: random.Random, *, probe: bool = False) -> tuple[list[Any], Any, str, dict[str, Any]]:
-    """Invented tools as listed (shuffled), the one to call, a request for it, and its arguments.
+def _plain_phrase(rng: random.Random, param: Any, said: str) -> str:
+    """A value behind a link word, sometimes with the slot's name ("with NAME VALUE")."""
+    link = rng.choice(_LINKS)
+    if param.type == "boolean" or rng.random() < 0.3:
+        return f"{link} {param.name} {said}"
+    return f"{link} {said}" if rng.random() < 0.7 else said
 
-    ``probe`` draws the called tool from the held-out side (its name never occurs in training).
-    """
+
+def invented_call(
+    rng: random.Random,
+    value: Callable[[random.Random, Any], tuple[Any, str]],
+    phrase: Callable[[random.Random, Any, str], str],
+    *,
+    probe: bool = False,
+) -> tuple[list[Any], Any, str, dict[str, Any], list[str]]:
+    """Two or three invented tools (the one to call first), its cue word, its arguments and the
+    phrases (shuffled) that state them: ``value`` draws an argument and the words that say it,
+    ``phrase`` puts those words in a phrase. The request around the phrases is the caller's."""
     taken: set[str] = set()
     tools = [_invented_tool(rng, taken, probe=probe and i == 0) for i in range(rng.randint(2, 3))]
     tool, cue = tools[0]
@@ -188,18 +201,21 @@ def call_example(rng: random.Random, *, probe: bool = False) -> tuple[list[Any],
     for param in tool.params:
         if not param.required and rng.random() < 0.5:
             continue
-        value, said = _value(rng, param)
-        arguments[param.name] = value
-        link = rng.choice(_LINKS)
-        if param.type == "boolean" or rng.random() < 0.3:  # "with NAME VALUE"
-            phrases.append(f"{link} {param.name} {said}")
-        else:
-            phrases.append(f"{link} {said}" if rng.random() < 0.7 else said)
+        arguments[param.name], said = value(rng, param)
+        phrases.append(phrase(rng, param, said))
     rng.shuffle(phrases)
+    return [t for t, _ in tools], tool, cue, arguments, phrases
+
+
+def call_example(rng: random.Random, *, probe: bool = False) -> tuple[list[Any], Any, str, dict[str, Any]]:
+    """Invented tools as listed (shuffled), the one to call, a request for it, and its arguments.
+
+    ``probe`` draws the called tool from the held-out side (its name never occurs in training).
+    """
+    listed, tool, cue, arguments, phrases = invented_call(rng, _value, _plain_phrase, probe=probe)
     where = rng.randint(0, len(phrases))
     words = [rng.choice(_OPENERS), *phrases[:where], cue, *phrases[where:]]
     request = " ".join(w for w in words if w) + rng.choice(_CLOSERS) + rng.choice((".", "?", "!", ""))
-    listed = [t for t, _ in tools]
     rng.shuffle(listed)
     return listed, tool, request[0].upper() + request[1:], arguments
 
@@ -221,9 +237,13 @@ def call_conversation(rng: random.Random) -> Conversation:
     tool, parameter and value is invented, so the only way to the reply is to copy the named
     tool and the request's values into the call (the suite's tools and requests never occur).
     """
+    return call_turn(*call_example(rng))
+
+
+def call_turn(listed: list[Any], tool: Any, request: str, arguments: dict[str, Any]) -> Conversation:
+    """A tool-use exchange in the suite's layout: the listed tools and request, then the call."""
     from barkit.suite.tools import call_text, tools_prompt
 
-    listed, tool, request, arguments = call_example(rng)
     return [
         {"role": "user", "content": tools_prompt(listed, request)},
         {"role": "assistant", "content": call_text(tool.name, arguments)},
