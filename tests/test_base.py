@@ -195,3 +195,53 @@ def test_recipe_with_arithmetic_logs_its_probe(two_bases: tuple[Path, Path]) -> 
     manifest = json.loads((two_bases[0] / "barkit.json").read_text())
     assert manifest["data"]["arithmetic"] == [recipe.arithmetic, recipe.arithmetic_post]
     assert all(0.0 <= point["arithmetic"] <= 100.0 for point in manifest["metrics"]["copy_probe"])
+
+
+def test_everyday_english_is_part_of_the_recipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recipe with everyday English: its shares, its lines in the pool and in the tokenizer's
+    sample, the corpus itself in the fingerprint; no share of 1 or more."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    import barkit.base_recipe as base_recipe
+    from barkit.base import everyday_rows
+    from barkit.errors import BarkitError
+
+    plain = base_recipe.get_recipe("micro")
+    recipe = replace(plain, everyday=0.2, everyday_post=0.1)
+    assert "everyday" not in plain.to_dict() and recipe.to_dict()["everyday"] == 0.2
+    assert recipe.fingerprint("olmo2", "micro", 0) != plain.fingerprint("olmo2", "micro", 0)
+    with pytest.raises(BarkitError, match="everyday 1.0"):
+        replace(plain, everyday=1.0)
+    lines = base_recipe.everyday_lines()
+    assert len(lines) >= 1000 and all(line.strip() == line and line for line in lines)
+
+    out = tmp_path / "b"
+    assert (
+        cli(["base", "--out", str(out), "--preset", "micro", "--everyday", "0.2,0.1", "--no-progress"]) == 0
+    )
+    manifest = json.loads((out / "barkit.json").read_text())
+    assert manifest["data"]["everyday"] == {"shares": [0.2, 0.1], "lines": len(lines)}
+    assert manifest["recipe_fingerprint"] == recipe.fingerprint("olmo2", "micro", 0)
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    rows = everyday_rows(tokenizer, 0.25, 30, 64, seed=0)
+    assert len(rows) == 10  # 10 / (30 + 10) = 0.25
+    text = tokenizer.decode(rows.input_ids[0], skip_special_tokens=True)
+    assert sum(line in text for line in lines) >= 1
+
+    for bad in ("1.5", "a,b", "0.1,0.1,0.1"):
+        capsys.readouterr()
+        argv = ["base", "--out", str(tmp_path / "x"), "--preset", "micro", "--everyday", bad, "--no-progress"]
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "everyday" in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "x").exists()
+
+    # another corpus is another base
+    before = recipe.fingerprint("olmo2", "micro", 0)
+    monkeypatch.setattr(base_recipe, "everyday_digest", lambda: "0" * 16)
+    assert recipe.fingerprint("olmo2", "micro", 0) != before

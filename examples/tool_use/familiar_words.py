@@ -51,11 +51,15 @@ SWAPS = {
 
 
 def seen_words() -> tuple[Counter[str], Counter[str]]:
-    """Words of the base's general data, and of the tool-use train prompts (lists and requests)."""
-    from barkit.base_recipe import general_data, get_recipe
+    """Words of the base's own data (general categories, and everyday English when its recipe
+    has it), and of the tool-use train prompts (lists and requests)."""
+    from barkit.base_recipe import everyday_lines, general_data, get_recipe
     from barkit.suite import draw_items
 
-    texts, conversations = general_data(get_recipe("tiny"), 0)
+    recipe = get_recipe("tiny")
+    texts, conversations = general_data(recipe, 0)
+    if recipe.uses_everyday:
+        texts = texts + everyday_lines()
     base: Counter[str] = Counter()
     for text in texts:
         base.update(re.findall(r"[a-z]+", text.lower()))

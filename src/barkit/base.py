@@ -128,11 +128,36 @@ def _tokenizer(work: Path, recipe: BaseRecipe, vocab_size: int, seed: int) -> An
     folder = work / "tokenizer"
     if (folder / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(folder)
+    texts = None
+    if recipe.uses_everyday:
+        from barkit.base_recipe import everyday_lines
+        from barkit.tokenizer import suite_corpus
+
+        texts = suite_corpus(seed, recipe.tokenizer_sample) + everyday_lines()
     tokenizer = train_tokenizer(
-        vocab_size, seed, per_category=recipe.tokenizer_sample, scheme=recipe.tokenizer_scheme
+        vocab_size, seed, texts=texts, per_category=recipe.tokenizer_sample, scheme=recipe.tokenizer_scheme
     )
     save_tokenizer(tokenizer, folder)
     return tokenizer
+
+
+def share_rows(
+    tokenizer: Any, documents: Callable[[int], list[str]], share: float, other_rows: int, seq_len: int
+) -> Any:
+    """Packed rows of ``documents(n)`` (raw text, the loss on every token), ``share`` of the
+    pool once added to ``other_rows``."""
+    from barkit.train.data import PackedData
+    from barkit.train.objectives import text_rows
+
+    if not 0.0 < share < 1.0:
+        raise BarkitError(f"a row share must lie strictly between 0 and 1, got {share}")
+    want = max(1, round(other_rows * share / (1.0 - share)))
+    docs = want * 6  # a row of 256 tokens holds about four arithmetic documents
+    rows = text_rows(tokenizer, documents(docs), seq_len)
+    while len(rows) < want:
+        docs *= 2
+        rows = text_rows(tokenizer, documents(docs), seq_len)
+    return PackedData(rows.input_ids[:want], rows.loss_mask[:want], rows.attention_mask[:want])
 
 
 def arithmetic_rows(tokenizer: Any, share: float, other_rows: int, seq_len: int, seed: int) -> Any:
@@ -142,19 +167,17 @@ def arithmetic_rows(tokenizer: Any, share: float, other_rows: int, seq_len: int,
     holds only train-split operand triples: no test item's result is ever trained on.
     """
     from barkit.suite import get_category
-    from barkit.train.data import PackedData
-    from barkit.train.objectives import text_rows
 
-    if not 0.0 < share < 1.0:
-        raise BarkitError(f"the arithmetic share must lie strictly between 0 and 1, got {share}")
-    want = max(1, round(other_rows * share / (1.0 - share)))
     math = get_category("math")
-    docs = want * 6  # a row of 256 tokens holds about four documents
-    rows = text_rows(tokenizer, math.text(docs, seed), seq_len)
-    while len(rows) < want:
-        docs *= 2
-        rows = text_rows(tokenizer, math.text(docs, seed), seq_len)
-    return PackedData(rows.input_ids[:want], rows.loss_mask[:want], rows.attention_mask[:want])
+    return share_rows(tokenizer, lambda n: math.text(n, seed), share, other_rows, seq_len)
+
+
+def everyday_rows(tokenizer: Any, share: float, other_rows: int, seq_len: int, seed: int) -> Any:
+    """Packed rows of everyday English (:func:`barkit.base_recipe.everyday_lines`), ``share``
+    of the pool once added to ``other_rows``."""
+    from barkit.base_recipe import everyday_documents
+
+    return share_rows(tokenizer, lambda n: everyday_documents(n, seed), share, other_rows, seq_len)
 
 
 def arithmetic_probe(model: Any, tokenizer: Any, n: int = 120, seed: int = 0) -> float:
@@ -213,6 +236,10 @@ def _phase_objectives(
             rows = concat_packed(
                 [rows, arithmetic_rows(tokenizer, recipe.arithmetic, len(rows), pre.seq_len, seed)]
             )
+        if recipe.everyday:
+            rows = concat_packed(
+                [rows, everyday_rows(tokenizer, recipe.everyday, len(rows), pre.seq_len, seed)]
+            )
         return CopyCurriculumObjective(
             tokenizer,
             rows,
@@ -228,11 +255,18 @@ def _phase_objectives(
         rng = random.Random(f"base-posttrain|{seed}")
         copies = [copy_conversation(rng) for _ in range(round(len(conversations) * recipe.copy_chat))]
         copies += [call_conversation(rng) for _ in range(round(len(conversations) * recipe.call_chat))]
-        if not recipe.arithmetic_post:
+        if not (recipe.arithmetic_post or recipe.everyday_post):
             return SFTObjective.from_conversations(tokenizer, post, conversations + copies)
         rows = conversation_rows(tokenizer, conversations + copies, post.seq_len)
-        sums = arithmetic_rows(tokenizer, recipe.arithmetic_post, len(rows), post.seq_len, seed + 1)
-        return SFTObjective(concat_packed([rows, sums]), post.batch_size, post.seed)
+        parts = [rows]
+        if recipe.arithmetic_post:
+            parts.append(
+                arithmetic_rows(tokenizer, recipe.arithmetic_post, len(rows), post.seq_len, seed + 1)
+            )
+        if recipe.everyday_post:
+            others = sum(len(part) for part in parts)
+            parts.append(everyday_rows(tokenizer, recipe.everyday_post, others, post.seq_len, seed + 1))
+        return SFTObjective(concat_packed(parts), post.batch_size, post.seed)
 
     return pretrain, posttrain
 
@@ -248,18 +282,21 @@ def train_base(
     eval_limit: int | None = None,
     work_dir: str | os.PathLike[str] | None = None,
     tokenizer_scheme: str | None = None,
+    everyday: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Build the default base into ``out_dir`` (resuming an interrupted build); returns its manifest.
 
     ``steps`` overrides the pre-training phase's step count; ``eval_limit`` adds a micro-suite
     evaluation (that many test items per category) and the final copy probe to the manifest.
     ``work_dir`` holds the checkpoints (default: a hidden folder beside ``out_dir``); it is
-    removed once the base is written. ``tokenizer_scheme`` overrides the recipe's.
+    removed once the base is written. ``tokenizer_scheme`` overrides the recipe's, and so does
+    ``everyday`` (its shares of everyday English in pre- and post-training).
     """
     from dataclasses import replace
 
     import torch
 
+    from barkit.base_recipe import everyday_lines
     from barkit.modeling import ARCHES, build_dense, save_model
     from barkit.presets import get_preset
     from barkit.train.loop import run_stage
@@ -274,6 +311,8 @@ def train_base(
 
         check_scheme(tokenizer_scheme)
         recipe = replace(recipe, tokenizer_scheme=tokenizer_scheme)
+    if everyday is not None:
+        recipe = replace(recipe, everyday=everyday[0], everyday_post=everyday[1])
     shape = get_preset(preset)
     fingerprint = recipe.fingerprint(arch, preset, seed)
     out = Path(out_dir)
@@ -312,6 +351,16 @@ def train_base(
             "categories": list(GENERAL),
             "copy_curriculum": [recipe.copy_start, recipe.copy_end],
             "arithmetic": [recipe.arithmetic, recipe.arithmetic_post],
+            **(
+                {
+                    "everyday": {
+                        "shares": [recipe.everyday, recipe.everyday_post],
+                        "lines": len(everyday_lines()),
+                    }
+                }
+                if recipe.uses_everyday
+                else {}
+            ),
         },
         "tokens": sum(r.tokens for r in results),
         "seconds": round(time.perf_counter() - started, 2),

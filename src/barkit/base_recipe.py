@@ -63,6 +63,11 @@ class BaseRecipe:
     #: tool-use conversations with invented tools (:func:`barkit.copying.call_conversation`)
     #: added to post-training, as a share of its conversations
     call_chat: float = 0.0
+    #: share of pre-training's pool (copy rows apart) that is everyday English
+    #: (:func:`everyday_lines`, the loss on every token), and the same for post-training's rows;
+    #: a recipe that uses it also trains its tokenizer on those lines
+    everyday: float = 0.0
+    everyday_post: float = 0.0
 
     def __post_init__(self) -> None:
         from barkit.copying import DOCUMENT_KINDS
@@ -74,6 +79,14 @@ class BaseRecipe:
             )
         if not 0.0 <= self.call_chat <= 10.0:
             raise BarkitError(f"call_chat {self.call_chat}: expected a share between 0 and 10")
+        for name in ("arithmetic", "arithmetic_post", "everyday", "everyday_post"):
+            share = getattr(self, name)
+            if not 0.0 <= share < 1.0:
+                raise BarkitError(f"{name} {share}: expected a share from 0 up to (not including) 1")
+
+    @property
+    def uses_everyday(self) -> bool:
+        return self.everyday > 0 or self.everyday_post > 0
 
     def to_dict(self) -> dict[str, Any]:
         keyed = asdict(self)
@@ -81,7 +94,7 @@ class BaseRecipe:
         # fingerprint; any other scheme is part of what a rebuild must match.
         if keyed["tokenizer_scheme"] == "metaspace":
             del keyed["tokenizer_scheme"]
-        for name in ("arithmetic", "arithmetic_post", "call_chat"):
+        for name in ("arithmetic", "arithmetic_post", "call_chat", "everyday", "everyday_post"):
             if not keyed[name]:
                 del keyed[name]
         if tuple(keyed["copy_kinds"]) == BaseRecipe.copy_kinds:
@@ -101,6 +114,9 @@ class BaseRecipe:
             "seed": seed,
             "suite_version": SUITE_VERSION,
         }
+        if self.uses_everyday:
+            # the lines themselves decide the weights: another corpus is another base
+            keyed["everyday_corpus"] = everyday_digest()
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -200,3 +216,45 @@ def general_data(recipe: BaseRecipe, seed: int) -> tuple[list[str], list[list[di
         repeats = recipe.knowledge_repeats if name == "knowledge" else 1
         conversations.extend([item.messages() for item in _items_up_to(name, recipe.items, seed)] * repeats)
     return texts, conversations
+
+
+#: everyday English that the base learns besides the suite's general data (:func:`everyday_lines`)
+EVERYDAY = "everyday.jsonl"
+
+
+def _everyday_path() -> Any:
+    from importlib import resources
+
+    return resources.files("barkit") / "corpora" / EVERYDAY
+
+
+def everyday_lines() -> list[str]:
+    """The packaged everyday-English lines, in file order (``corpora/README.md`` says where they come from).
+
+    The micro-suite's general data never uses words as common as "please", "need", "could",
+    "show" or "save"; a real post-trained base knows them. These are short messages people send
+    to an assistant, written by SmolLM2-135M-Instruct (``examples/tool_use/everyday_requests.py``);
+    no suite item was shown to it.
+    """
+    lines = [json.loads(line)["text"] for line in _everyday_path().read_text().splitlines() if line.strip()]
+    if not lines:
+        raise BarkitError(f"the packaged corpus {EVERYDAY} is empty")
+    return lines
+
+
+def everyday_digest() -> str:
+    return hashlib.sha256(_everyday_path().read_bytes()).hexdigest()[:16]
+
+
+def everyday_documents(count: int, seed: int) -> list[str]:
+    """``count`` everyday lines: the corpus over and over, each pass in its own shuffled order."""
+    import random
+
+    lines = everyday_lines()
+    rng = random.Random(f"everyday|{seed}")
+    out: list[str] = []
+    while len(out) < count:
+        shuffled = lines[:]
+        rng.shuffle(shuffled)
+        out.extend(shuffled)
+    return out[:count]

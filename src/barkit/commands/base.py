@@ -33,6 +33,14 @@ def main(
             "wherever it stands). Default: the preset's recipe.",
         ),
     ] = None,
+    everyday: Annotated[
+        str | None,
+        typer.Option(
+            "--everyday",
+            help="Shares of everyday English (the packaged corpus, barkit/corpora) in pre-training "
+            "and post-training, e.g. 0.1,0.1 (one number: both). Default: the preset's recipe.",
+        ),
+    ] = None,
 ) -> None:
     """Pre- and post-train the default dense base on the micro-suite's general data and a copy
     curriculum. An interrupted build resumes from its checkpoints when started again."""
@@ -48,8 +56,22 @@ def main(
         eval_limit=eval_limit,
         work_dir=work,
         tokenizer_scheme=tokenizer,
+        everyday=_shares(everyday) if everyday is not None else None,
     )
     typer.echo(
         f"base written to {out}: {manifest['tokens']:,} tokens in {manifest['seconds']:.1f} s, "
         f"final loss {manifest['metrics']['final_loss']:.3f}, fingerprint {manifest['fingerprint']}"
     )
+
+
+def _shares(text: str) -> tuple[float, float]:
+    from barkit.errors import BarkitError
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise BarkitError(f"--everyday {text!r}: expected one share or two, e.g. 0.1,0.1")
+    return values[0], values[-1]
