@@ -189,14 +189,10 @@ def generate(model_dir: str, out: str, n: int, batch: int, seed: int) -> None:
         return [tok.decode(g[enc["input_ids"].shape[1] :], skip_special_tokens=True) for g in got]
 
     partial = Path(out + ".partial")
-    seen = (
-        [json.loads(line)["text"] for line in partial.read_text().splitlines() if line.strip()]
-        if partial.is_file()
-        else []
-    )
-    known = {s.lower() for s in seen}
+    lines = partial.read_text().splitlines() if partial.is_file() else []
+    known = {json.loads(line)["text"].lower() for line in lines if line.strip()}
     rounds = 0
-    with partial.open("a") as f, tqdm(total=n, initial=len(seen), desc="messages") as bar:
+    with partial.open("a") as f, tqdm(total=n, initial=len(known), desc="messages") as bar:
         while len(known) < n:
             # one stream of draws per round, so a resumed run continues rather than repeats
             rng = random.Random(f"{seed}|{len(known)}|{rounds}")

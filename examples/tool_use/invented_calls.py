@@ -167,7 +167,7 @@ _RICH_CLOSERS = ("", "", " please", " now", " for me", " thanks", " today", " if
 
 def rich_value(rng: random.Random, param: Any) -> tuple[Any, str]:
     """Like barkit.copying's values, with more shapes for strings: capitals, letters, times."""
-    from barkit.copying import CONSONANTS, VOWELS, _syllables, _value
+    from barkit.copying import CONSONANTS, VOWELS, _value, invented_words
 
     if param.enum or param.type != "string":
         return _value(rng, param)
@@ -177,10 +177,7 @@ def rich_value(rng: random.Random, param: Any) -> tuple[Any, str]:
     elif kind < 0.25:  # a time of day
         text = f"{rng.randint(6, 23)}:{rng.choice(('00', '15', '30', '45'))}"
     else:
-        words = [_syllables(rng, 1, 3) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
-        if rng.random() < 0.5:
-            words = [w.capitalize() for w in words]
-        text = " ".join(words)
+        text = invented_words(rng)
     return text, text
 
 
@@ -359,8 +356,13 @@ def post(
         "steps": steps,
         "lr": lr,
     }
-    extra = (("rich", rich), ("copy", copy), ("arithmetic", arithmetic), ("text", text and Path(text).name))
-    extra += (("text_share", text_share if text else 0.0),)
+    extra = (
+        ("rich", rich),
+        ("copy", copy),
+        ("arithmetic", arithmetic),
+        ("text", text and Path(text).name),
+        ("text_share", text_share if text else 0.0),
+    )
     settings.update({k: v for k, v in extra if v})
     manifest.update(
         continued=settings,

@@ -152,7 +152,7 @@ def share_rows(
     if not 0.0 < share < 1.0:
         raise BarkitError(f"a row share must lie strictly between 0 and 1, got {share}")
     want = max(1, round(other_rows * share / (1.0 - share)))
-    docs = want * 6  # a row of 256 tokens holds about four arithmetic documents
+    docs = want * 6  # a first guess (a row of 256 tokens holds about four arithmetic documents)
     rows = text_rows(tokenizer, documents(docs), seq_len)
     while len(rows) < want:
         docs *= 2

@@ -168,11 +168,16 @@ def _value(rng: random.Random, param: Any) -> tuple[Any, str]:
     if param.type == "boolean":
         value = rng.random() < 0.5
         return value, "on" if value else "off"
+    text = invented_words(rng)
+    return text, text
+
+
+def invented_words(rng: random.Random) -> str:
+    """One to three invented words, all capitalised half the time (a string argument's value)."""
     words = [_syllables(rng, 1, 3) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
     if rng.random() < 0.5:
         words = [w.capitalize() for w in words]
-    text = " ".join(words)
-    return text, text
+    return " ".join(words)
 
 
 def _plain_phrase(rng: random.Random, param: Any, said: str) -> str:
