@@ -23,7 +23,9 @@ skill has to come from the base. Four commands:
     use: augmented calls"); ``--copy 0.1`` adds them, ``--arithmetic 0.2`` keeps a share of
     worked-arithmetic rows (as the base recipe's post-training does) and ``--rich`` draws the
     calls from a grammar of many sentence shapes (:func:`rich_example`) instead of
-    :mod:`barkit.copying`'s one (about 20 minutes with all three).
+    :mod:`barkit.copying`'s one (about 20 minutes with all three). ``--carriers FILE`` puts the
+    calls' cue words and value phrases inside lines of everyday English instead
+    (:func:`carried_example`; e.g. ``src/barkit/corpora/everyday.jsonl``).
 
 ``learn MODEL``
     Trains every tensor of MODEL on call documents alone (plain text, as in pre-training; batch
@@ -257,6 +259,28 @@ def rich_conversation(rng: random.Random) -> list[dict[str, str]]:
     return call_turn(*rich_example(rng))
 
 
+def carried_example(rng: random.Random, lines: list[str]) -> tuple[list[Any], Any, str, dict[str, Any]]:
+    """An invented-tool call whose cue and value phrases stand inside an everyday English line
+    (e.g. from barkit's everyday corpus): the values must be found among ordinary words, as in
+    the suite's requests, not among other invented ones."""
+    from barkit.copying import invented_call
+
+    listed, tool, cue, arguments, phrases = invented_call(rng, rich_value, _rich_phrase)
+    words = rng.choice(lines).rstrip(".!?").split()
+    inserts = [cue, *phrases]
+    rng.shuffle(inserts)
+    if rng.random() < 0.5:  # each phrase at its own place inside the line
+        for phrase in inserts:
+            words.insert(rng.randint(1, len(words)), phrase)
+        request = " ".join(words) + rng.choice((".", "?", "!"))
+    else:  # the line, then the phrases
+        request = (
+            " ".join(words) + rng.choice((", ", ". ", " - ")) + " ".join(inserts) + rng.choice((".", ""))
+        )
+    rng.shuffle(listed)
+    return listed, tool, request[0].upper() + request[1:], arguments
+
+
 def post(
     path: str,
     out: str,
@@ -267,6 +291,7 @@ def post(
     arithmetic: float = 0.0,
     text: str | None = None,
     text_share: float = 0.5,
+    carriers: str | None = None,
 ) -> None:
     """Continue MODEL's post-training, every tensor, on invented-tool conversations mixed one to
     one with the suite's general ones (knowledge, reasoning, chat); write a base to OUT.
@@ -276,7 +301,8 @@ def post(
     that share of the rows worked arithmetic (the base recipe's ``arithmetic_post``); ``text`` (a
     JSONL file of ``{"text": ...}`` rows, e.g. from ``everyday_requests.py``) takes the calls'
     place: rows of those texts one after another, the loss on every token, ``text_share`` of the
-    rows that are not arithmetic."""
+    rows that are not arithmetic; ``carriers`` (a JSONL file of ``{"text": ...}`` rows) puts the
+    calls' cues and values inside its lines (:func:`carried_example`)."""
     import hashlib
     import json
     import math
@@ -299,6 +325,11 @@ def post(
     ]
     general += [copy_conversation(rng) for _ in range(round(len(general) * copy))]
     make = rich_conversation if rich else call_conversation
+    if carriers:
+        from barkit.copying import call_turn
+
+        held = [json.loads(line)["text"] for line in Path(carriers).read_text().splitlines()]
+        make = lambda r: call_turn(*carried_example(r, held))  # noqa: E731
     # drawn even when --text takes their place, so that every run draws its rows the same way
     calls = [make(rng) for _ in range(8 * steps)]
     sums = arithmetic_rows(tokenizer, arithmetic, 16 * steps, 256, 1) if arithmetic else None
@@ -362,6 +393,7 @@ def post(
         ("arithmetic", arithmetic),
         ("text", text and Path(text).name),
         ("text_share", text_share if text else 0.0),
+        ("carriers", carriers and Path(carriers).name),
     )
     settings.update({k: v for k, v in extra if v})
     manifest.update(
@@ -401,6 +433,7 @@ def main() -> None:
     posting.add_argument("--arithmetic", type=float, default=0.0, help="share of worked-arithmetic rows")
     posting.add_argument("--text", help="JSONL of {'text': ...} rows to train on in place of the calls")
     posting.add_argument("--text-share", type=float, default=0.5, help="share of the --text rows")
+    posting.add_argument("--carriers", help="JSONL of {'text': ...} lines that carry the calls' values")
     args = parser.parse_args()
     if args.command == "build":
         build(args.out)
@@ -415,6 +448,7 @@ def main() -> None:
             args.arithmetic,
             args.text,
             args.text_share,
+            args.carriers,
         )
     elif args.command == "check":
         check(args.models, args.n)
