@@ -312,7 +312,7 @@ def post(
     import torch
 
     from barkit.base import arithmetic_rows
-    from barkit.copying import call_conversation, copy_conversation
+    from barkit.copying import call_conversation, call_turn, copy_conversation
     from barkit.loader import load_model
     from barkit.suite import draw_items
     from barkit.userdata import encode_chat
@@ -324,16 +324,20 @@ def post(
         i.messages() for c in ("knowledge", "reasoning", "chat") for i in draw_items(c, "train", 1000, 0)
     ]
     general += [copy_conversation(rng) for _ in range(round(len(general) * copy))]
-    make = rich_conversation if rich else call_conversation
-    if carriers:
-        from barkit.copying import call_turn
 
-        held = [json.loads(line)["text"] for line in Path(carriers).read_text().splitlines()]
-        make = lambda r: call_turn(*carried_example(r, held))  # noqa: E731
+    def texts(file: str) -> list[str]:
+        return [json.loads(line)["text"] for line in Path(file).read_text().splitlines() if line.strip()]
+
+    held = texts(carriers) if carriers else []
+
+    def carried_conversation(r: random.Random) -> list[dict[str, str]]:
+        return call_turn(*carried_example(r, held))
+
+    make = carried_conversation if carriers else rich_conversation if rich else call_conversation
     # drawn even when --text takes their place, so that every run draws its rows the same way
     calls = [make(rng) for _ in range(8 * steps)]
     sums = arithmetic_rows(tokenizer, arithmetic, 16 * steps, 256, 1) if arithmetic else None
-    lines = [json.loads(line)["text"] for line in Path(text).read_text().splitlines()] if text else []
+    lines = texts(text) if text else []
     encoded = [tokenizer(t + "\n", add_special_tokens=False)["input_ids"] for t in lines]
 
     def text_row() -> tuple[list[int], list[int]]:

@@ -338,6 +338,13 @@ def train_base(
         )
         results.append(result)
         offset += cfg.steps
+    data: dict[str, Any] = {
+        "categories": list(GENERAL),
+        "copy_curriculum": [recipe.copy_start, recipe.copy_end],
+        "arithmetic": [recipe.arithmetic, recipe.arithmetic_post],
+    }
+    if recipe.uses_everyday:
+        data["everyday"] = {"shares": [recipe.everyday, recipe.everyday_post], "lines": len(everyday_lines())}
     manifest = {
         "stage": "base",
         "arch": arch,
@@ -347,21 +354,7 @@ def train_base(
         "recipe": recipe.to_dict(),
         "recipe_fingerprint": fingerprint,
         "suite_version": SUITE_VERSION,
-        "data": {
-            "categories": list(GENERAL),
-            "copy_curriculum": [recipe.copy_start, recipe.copy_end],
-            "arithmetic": [recipe.arithmetic, recipe.arithmetic_post],
-            **(
-                {
-                    "everyday": {
-                        "shares": [recipe.everyday, recipe.everyday_post],
-                        "lines": len(everyday_lines()),
-                    }
-                }
-                if recipe.uses_everyday
-                else {}
-            ),
-        },
+        "data": data,
         "tokens": sum(r.tokens for r in results),
         "seconds": round(time.perf_counter() - started, 2),
         "train_seconds": round(sum(r.seconds for r in results), 2),
